@@ -1,0 +1,1 @@
+"""L-adapters and E-adapters for WavLM as S3PRL upstreams."""

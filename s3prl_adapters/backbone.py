@@ -1,0 +1,126 @@
+"""The frozen backbone: S3PRL's own WavLM, loaded from S3PRL/UniLM `{'cfg', 'model'}` checkpoints.
+
+Every load here is weights-only and lands on CPU; failures become one-line `UserError`s."""
+
+import os
+import pickle
+import zipfile
+from typing import Optional
+
+import torch
+
+from s3prl.upstream.wavlm.WavLM import WavLM, WavLMConfig
+
+from .errors import UserError
+
+# The URL S3PRL's own `wavlm_base_plus` entry resolves (s3prl/upstream/wavlm/hubconf.py).
+WAVLM_BASE_PLUS_URL = "https://huggingface.co/s3prl/converted_ckpts/resolve/main/wavlm_base_plus.pt"
+
+# WavLM Base+ hyper-parameters (the fields of the released checkpoint's cfg that differ from
+# WavLMConfig's defaults); used to build random Base+-shaped models for counts and benchmarks.
+BASE_PLUS_CFG = {
+    "encoder_layers": 12,
+    "encoder_embed_dim": 768,
+    "encoder_ffn_embed_dim": 3072,
+    "encoder_attention_heads": 12,
+    "extractor_mode": "default",
+    "layer_norm_first": False,
+    "conv_bias": False,
+    "relative_position_embedding": True,
+    "num_buckets": 320,
+    "max_distance": 800,
+    "gru_rel_pos": True,
+    "normalize": False,
+}
+
+
+def tiny_cfg(layers: int = 3, dim: int = 48, heads: int = 4) -> dict:
+    """A WavLM small enough for CPU tests, with Base+'s structure (post-LN, gated rel-pos, stride 320)."""
+    if layers < 1 or dim < heads or dim % heads:
+        raise UserError(f"tiny WavLM: need layers >= 1 and dim divisible by {heads} heads, got layers={layers} dim={dim}")
+    cfg = dict(BASE_PLUS_CFG)
+    cfg.update(
+        encoder_layers=layers,
+        encoder_embed_dim=dim,
+        encoder_ffn_embed_dim=2 * dim,
+        encoder_attention_heads=heads,
+        conv_feature_layers="[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2",
+        conv_pos=16,
+        conv_pos_groups=4,
+    )
+    return cfg
+
+
+def build_wavlm(cfg: dict, seed: Optional[int] = None) -> WavLM:
+    if seed is not None:
+        torch.manual_seed(seed)
+    return WavLM(WavLMConfig(cfg))
+
+
+def save_checkpoint(model: WavLM, path: str) -> None:
+    """Write `{'cfg', 'model'}` exactly as S3PRL's `wavlm_local` reads it (CPU tensors), atomically."""
+    state = {"cfg": dict(model.cfg.__dict__), "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def make_tiny_wavlm(path: str, layers: int = 3, dim: int = 48, seed: int = 0) -> str:
+    save_checkpoint(build_wavlm(tiny_cfg(layers, dim), seed=seed), path)
+    return path
+
+
+def read_checkpoint(path: str, what: str = "-k") -> dict:
+    """torch.load(weights_only=True) with the failure modes a user meets turned into one line each."""
+    if not os.path.exists(path):
+        raise UserError(f"{what} {path}: no such file")
+    if os.path.isdir(path):
+        raise UserError(f"{what} {path}: is a directory, expected a checkpoint file")
+    if not os.access(path, os.R_OK):
+        raise UserError(f"{what} {path}: not readable (permission denied)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "Weights only load failed" in str(e):
+            raise UserError(
+                f"{what} {path}: refused to unpickle: it holds objects other than tensors and plain "
+                f"containers (weights-only load), so it may run code; re-save it as a plain state dict"
+            ) from None
+        raise UserError(f"{what} {path}: not a readable PyTorch checkpoint ({first})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{what} {path}: not a readable PyTorch checkpoint, truncated or corrupt? ({first})") from None
+
+
+def load_wavlm(path: str) -> WavLM:
+    """Build S3PRL's WavLM from a `{'cfg','model'}` file and load its weights strictly."""
+    ckpt = read_checkpoint(path)
+    if not isinstance(ckpt, dict) or "cfg" not in ckpt or "model" not in ckpt:
+        keys = sorted(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise UserError(
+            f"-k {path}: not a WavLM checkpoint (expected keys 'cfg' and 'model' as in UniLM/S3PRL "
+            f"WavLM-Base+.pt; found {keys})"
+        )
+    if not isinstance(ckpt["cfg"], dict):
+        raise UserError(f"-k {path}: 'cfg' is a {type(ckpt['cfg']).__name__}, expected a dict of WavLMConfig fields")
+    try:
+        model = WavLM(WavLMConfig(ckpt["cfg"]))
+    except Exception as e:  # the cfg decides every shape; a broken one fails in WavLM's constructor
+        raise UserError(f"-k {path}: its 'cfg' does not describe a WavLM ({type(e).__name__}: {e})") from None
+    missing, unexpected = _diff_keys(model.state_dict(), ckpt["model"])
+    if missing or unexpected:
+        raise UserError(
+            f"-k {path}: weights do not match a WavLM built from its cfg "
+            f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+            f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})"
+        )
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise UserError(f"-k {path}: weights do not fit its cfg ({str(e).splitlines()[-1].strip()})") from None
+    return model
+
+
+def _diff_keys(expected: dict, got: dict):
+    return sorted(set(expected) - set(got)), sorted(set(got) - set(expected))

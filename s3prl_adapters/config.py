@@ -1,0 +1,151 @@
+"""Adapter settings: which method, which adapters, their sizes, and what trains besides them.
+
+One dataclass per run, built from the method's defaults (method.md) and overridden by the
+optional `-g` YAML of S3PRL's `run_downstream.py`."""
+
+from dataclasses import dataclass, field, fields, replace
+from typing import List, Optional
+
+import yaml
+
+from .errors import UserError
+
+# Upstream name -> method. The stock baselines (wavlm_local with and without -f) are S3PRL's own.
+METHODS = {
+    "wavlm_ladapter": "proposed",        # L-adapters + E-adapters (FFN, layers 0..L-2) + layer LNs
+    "wavlm_ladapter_only": "l_only",     # L-adapters (+ layer LNs if train_layer_norms)
+    "wavlm_eadapter": "e_only",          # E-adapters after every FFN + layer LNs
+    "wavlm_houlsby": "conventional",     # E-adapters after MHSA and after FFN, every layer + layer LNs
+}
+
+ACTIVATIONS = ("gelu", "relu")
+
+
+@dataclass
+class AdapterConfig:
+    """Everything that decides the adapter-augmented WavLM's shape and which parameters train."""
+
+    method: str
+    """One of METHODS' values; set by the upstream name, not by the YAML."""
+
+    e_adapter_dim: int = 256
+    """Bottleneck width of every E-adapter (down-projection output)."""
+
+    l_adapter_dim: int = 512
+    """Output width of every L-adapter; the Featurizer's weighted sum and the head see this width."""
+
+    activation: str = "gelu"
+    """Non-linearity inside E- and L-adapters: 'gelu' (paper's ASR/IC) or 'relu' (ASV/ER)."""
+
+    e_adapter_layers: Optional[List[int]] = None
+    """Encoder layers (0-based) that get FFN E-adapters. None = method default: all but the top
+    layer for the proposed method, every layer for E-only and conventional."""
+
+    l_adapter_layers: Optional[List[int]] = None
+    """Encoder layers whose outputs feed an L-adapter. None = every layer."""
+
+    attention_adapters: Optional[bool] = None
+    """Also put an E-adapter after self-attention (the conventional adapter). None = method default."""
+
+    train_layer_norms: Optional[bool] = None
+    """Train both LayerNorms of every encoder layer. None = method default: on, except L-only
+    (off, matching the published 4,737,036; the reference code trains them: 4,773,900)."""
+
+    init_std: float = 1e-3
+    """Std of the normal init of adapter Linear weights (biases start at 0): near-identity E-adapters."""
+
+    layer_norm_eps: float = 1e-5
+    """Epsilon of the LayerNorm inside each adapter."""
+
+    @property
+    def has_l_adapters(self) -> bool:
+        return self.method in ("proposed", "l_only")
+
+    @property
+    def has_e_adapters(self) -> bool:
+        return self.method in ("proposed", "e_only", "conventional")
+
+    def resolved(self, num_layers: int) -> "AdapterConfig":
+        """Fill the method defaults that depend on the backbone depth and check every index."""
+        cfg = replace(self)
+        if cfg.e_adapter_layers is None:
+            if not cfg.has_e_adapters:
+                cfg.e_adapter_layers = []
+            elif cfg.method == "proposed":
+                cfg.e_adapter_layers = list(range(num_layers - 1))
+            else:
+                cfg.e_adapter_layers = list(range(num_layers))
+        if cfg.l_adapter_layers is None:
+            cfg.l_adapter_layers = list(range(num_layers)) if cfg.has_l_adapters else []
+        if cfg.attention_adapters is None:
+            cfg.attention_adapters = cfg.method == "conventional"
+        if cfg.train_layer_norms is None:
+            cfg.train_layer_norms = cfg.method != "l_only"
+        for name in ("e_adapter_layers", "l_adapter_layers"):
+            bad = [i for i in getattr(cfg, name) if not 0 <= i < num_layers]
+            if bad:
+                raise UserError(
+                    f"adapter config: {name} {bad} out of range for a backbone with {num_layers} layers (0..{num_layers - 1})"
+                )
+        if cfg.e_adapter_layers and not cfg.has_e_adapters:
+            raise UserError(f"adapter config: e_adapter_layers given, but method '{cfg.method}' has no E-adapters")
+        if cfg.l_adapter_layers and not cfg.has_l_adapters:
+            raise UserError(f"adapter config: l_adapter_layers given, but method '{cfg.method}' has no L-adapters")
+        if cfg.has_l_adapters and not cfg.l_adapter_layers:
+            raise UserError("adapter config: l_adapter_layers is empty; an L-adapter method needs at least one")
+        return cfg
+
+
+_USER_KEYS = [f.name for f in fields(AdapterConfig) if f.name != "method"]
+
+
+def _check_type(key, value):
+    expected = {
+        "e_adapter_dim": int, "l_adapter_dim": int, "activation": str,
+        "e_adapter_layers": list, "l_adapter_layers": list, "attention_adapters": bool,
+        "train_layer_norms": bool, "init_std": float, "layer_norm_eps": float,
+    }[key]
+    if value is None and key in ("e_adapter_layers", "l_adapter_layers", "attention_adapters", "train_layer_norms"):
+        return value
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if expected is int and isinstance(value, bool) or not isinstance(value, expected):
+        raise UserError(f"adapter config: '{key}' must be {expected.__name__}, got {type(value).__name__} {value!r}")
+    if expected is list and not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
+        raise UserError(f"adapter config: '{key}' must be a list of layer indices (ints), got {value!r}")
+    return value
+
+
+def adapter_config_from_dict(method: str, values: dict, source: str = "adapter config") -> AdapterConfig:
+    """Validate user values (unknown keys, types, sizes) and merge them over the method defaults."""
+    if method not in METHODS.values():
+        raise UserError(f"unknown adapter method '{method}'; valid: {sorted(METHODS.values())}")
+    if not isinstance(values, dict):
+        raise UserError(f"{source}: expected a mapping of adapter settings, got {type(values).__name__}")
+    unknown = sorted(set(values) - set(_USER_KEYS))
+    if unknown:
+        raise UserError(f"{source}: unknown key(s) {unknown}; valid keys: {_USER_KEYS}")
+    checked = {k: _check_type(k, v) for k, v in values.items()}
+    cfg = AdapterConfig(method=method, **checked)
+    for key in ("e_adapter_dim", "l_adapter_dim"):
+        if getattr(cfg, key) < 1:
+            raise UserError(f"{source}: '{key}' must be >= 1, got {getattr(cfg, key)}")
+    if cfg.activation not in ACTIVATIONS:
+        raise UserError(f"{source}: 'activation' must be one of {list(ACTIVATIONS)}, got {cfg.activation!r}")
+    if not cfg.init_std > 0 or not cfg.layer_norm_eps > 0:
+        raise UserError(f"{source}: 'init_std' and 'layer_norm_eps' must be > 0")
+    return cfg
+
+
+def load_adapter_config(method: str, path: Optional[str]) -> AdapterConfig:
+    """The `-g` YAML (or method defaults when `path` is None or empty)."""
+    if not path:
+        return AdapterConfig(method=method)
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise UserError(f"adapter config -g {path}: cannot read ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"adapter config -g {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return adapter_config_from_dict(method, values, source=f"adapter config -g {path}")

@@ -1,0 +1,129 @@
+"""The adapter-augmented WavLM as one S3PRL upstream expert: forward(wavs) -> {"hidden_states": [...]}.
+
+The backbone is S3PRL's own `WavLM` (passed in, frozen). E-adapters are attached inside it by
+`surgery.attach_e_adapters`; L-adapters map each encoder layer's output to `l_adapter_dim`, and
+those outputs are returned as `hidden_states`, so S3PRL's Featurizer performs the method's
+softmax-weighted sum with its own weights. Methods without L-adapters return the same 13 states
+as stock `wavlm_local` (input of layer 0, outputs of layers 0..L-2, encoder output).
+
+The module's `state_dict` holds only what trains, so S3PRL's checkpoints stay adapter-sized;
+`load_state_dict` accepts exactly that set and names the culprit when it does not fit."""
+
+from contextlib import nullcontext
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pad_sequence
+
+from .adapters import LayerAdapter
+from .config import AdapterConfig
+from .errors import UserError
+from .surgery import attach_e_adapters, layer_norm_names
+
+
+class AdapterWavLMExpert(nn.Module):
+    def __init__(self, wavlm: nn.Module, adapter_config: AdapterConfig):
+        super().__init__()
+        self.model = wavlm
+        # As S3PRL's WavLM expert: the CNN never gets gradients, and LayerDrop must be 0 so the
+        # Featurizer always sees the same number of states.
+        self.model.feature_grad_mult = 0.0
+        self.model.encoder.layerdrop = 0.0
+
+        num_layers = len(wavlm.encoder.layers)
+        dim = wavlm.cfg.encoder_embed_dim
+        self.adapter_config = cfg = adapter_config.resolved(num_layers)
+
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.e_adapter_names = sorted(attach_e_adapters(self.model, cfg))
+        if cfg.train_layer_norms:
+            for name in layer_norm_names(self.model):
+                self.model.get_submodule(name).requires_grad_(True)
+        self.l_adapters = nn.ModuleDict(
+            {
+                str(i): LayerAdapter(dim, cfg.l_adapter_dim, cfg.activation, cfg.init_std, cfg.layer_norm_eps)
+                for i in cfg.l_adapter_layers
+            }
+        )
+
+        self._trainable_names = [n for n, p in self.named_parameters() if p.requires_grad]
+        # Nothing inside the backbone trains (L-only with frozen LNs): run all of it without
+        # autograd, so backward stops at the hidden states the L-adapters read.
+        self._backbone_trains = any(p.requires_grad for p in self.model.parameters())
+
+        self._captured: List[torch.Tensor] = []
+        self.model.encoder.layers[0].register_forward_pre_hook(lambda m, args: self._captured.append(args[0]))
+        for layer in self.model.encoder.layers:
+            layer.register_forward_hook(lambda m, args, out: self._captured.append(out[0]))
+
+        strides = [s for _, _, s in eval(wavlm.cfg.conv_feature_layers)]  # S3PRL's own format: a Python list literal
+        self._downsample_rate = int(torch.tensor(strides).prod())
+
+    # ---- S3PRL upstream interface -------------------------------------------------------------
+    def get_downsample_rates(self, key: str) -> int:
+        return self._downsample_rate
+
+    def forward(self, wavs: List[torch.Tensor]) -> Dict[str, List[torch.Tensor]]:
+        """Mirrors S3PRL's WavLM expert: optional per-utterance normalisation, padding mask, encoder."""
+        if self.model.cfg.normalize:
+            wavs = [F.layer_norm(wav, wav.shape) for wav in wavs]
+        device = wavs[0].device
+        lengths = torch.LongTensor([len(wav) for wav in wavs]).to(device)
+        padding_mask = ~torch.lt(torch.arange(max(lengths)).unsqueeze(0).to(device), lengths.unsqueeze(1))
+        padded = pad_sequence(wavs, batch_first=True)
+
+        self._captured = []
+        with nullcontext() if self._backbone_trains else torch.no_grad():
+            encoder_output, _ = self.model.extract_features(padded, padding_mask=padding_mask, mask=False)
+        layer_input, *layer_outputs = [x.transpose(0, 1) for x in self._captured]  # (T,B,C) -> (B,T,C)
+        self._captured = []
+
+        if self.l_adapters:
+            hidden_states = [self.l_adapters[str(i)](layer_outputs[i]) for i in self.adapter_config.l_adapter_layers]
+        else:
+            hidden_states = [layer_input] + layer_outputs[:-1] + [encoder_output]
+        return {"hidden_states": hidden_states, "last_hidden_state": hidden_states[-1]}
+
+    # ---- adapter-only checkpoints -------------------------------------------------------------
+    def trainable_parameter_names(self) -> List[str]:
+        return list(self._trainable_names)
+
+    def state_dict(self, *args, destination=None, prefix="", keep_vars=False):
+        """Only the parameters that train: the frozen backbone comes back from `-k`."""
+        full = super().state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
+        keep = {prefix + n for n in self._trainable_names}
+        for key in [k for k in full if k.startswith(prefix) and k not in keep]:
+            del full[key]
+        return full
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load an adapter-only state; a full stock-upstream state (from `-f`) loads too."""
+        own = {n: p for n, p in self.named_parameters() if n in set(self._trainable_names)}
+        missing = sorted(set(own) - set(state_dict))
+        if missing and strict:
+            unexpected = sorted(set(state_dict) - set(dict(super().state_dict())))
+            raise UserError(
+                f"adapter checkpoint does not match upstream method '{self.adapter_config.method}': "
+                f"missing {missing[:3]}{'...' if len(missing) > 3 else ''} ({len(missing)} in all)"
+                + (f", unexpected {unexpected[:3]}" if unexpected else "")
+                + "; was it trained with another method or adapter config (-g)?"
+            )
+        full = dict(super().state_dict())
+        for key, value in state_dict.items():
+            if key not in full:
+                if strict:
+                    raise UserError(
+                        f"adapter checkpoint has '{key}', which upstream method '{self.adapter_config.method}' "
+                        f"does not have; was it trained with another method or adapter config (-g)?"
+                    )
+                continue
+            if tuple(value.shape) != tuple(full[key].shape):
+                raise UserError(
+                    f"adapter checkpoint does not fit this backbone: '{key}' is {tuple(value.shape)} in the "
+                    f"checkpoint but {tuple(full[key].shape)} here (backbone {len(self.model.encoder.layers)} layers x "
+                    f"{self.model.cfg.encoder_embed_dim}); use the -k backbone it was trained on"
+                )
+        return super().load_state_dict(state_dict, strict=False, assign=assign)
