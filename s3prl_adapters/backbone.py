@@ -82,12 +82,13 @@ def read_checkpoint(path: str, what: str = "-k") -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "Weights only load failed" in str(e):
+        if "Unsupported global" in str(e):  # a pickled callable/class: the way checkpoints carry code
             raise UserError(
                 f"{what} {path}: refused to unpickle: it holds objects other than tensors and plain "
                 f"containers (weights-only load), so it may run code; re-save it as a plain state dict"
             ) from None
-        raise UserError(f"{what} {path}: not a readable PyTorch checkpoint ({first})") from None
+        detail = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()[0] if "WeightsUnpickler error:" in str(e) else first
+        raise UserError(f"{what} {path}: not a readable PyTorch checkpoint, truncated or corrupt? ({detail})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{what} {path}: not a readable PyTorch checkpoint, truncated or corrupt? ({first})") from None

@@ -66,8 +66,10 @@ class AdapterWavLMExpert(nn.Module):
     def get_downsample_rates(self, key: str) -> int:
         return self._downsample_rate
 
-    def forward(self, wavs: List[torch.Tensor]) -> Dict[str, List[torch.Tensor]]:
-        """Mirrors S3PRL's WavLM expert: optional per-utterance normalisation, padding mask, encoder."""
+    def _run_backbone(self, wavs: List[torch.Tensor]):
+        """Mirrors S3PRL's WavLM expert: optional per-utterance normalisation, padding mask, encoder.
+
+        Returns (input of layer 0, [output of every layer], encoder output), each (B, T, C)."""
         if self.model.cfg.normalize:
             wavs = [F.layer_norm(wav, wav.shape) for wav in wavs]
         device = wavs[0].device
@@ -80,11 +82,19 @@ class AdapterWavLMExpert(nn.Module):
             encoder_output, _ = self.model.extract_features(padded, padding_mask=padding_mask, mask=False)
         layer_input, *layer_outputs = [x.transpose(0, 1) for x in self._captured]  # (T,B,C) -> (B,T,C)
         self._captured = []
+        return layer_input, layer_outputs, encoder_output
 
+    def backbone_hidden_states(self, wavs: List[torch.Tensor]) -> List[torch.Tensor]:
+        """The states stock `wavlm_local` returns: layer 0's input, layers 0..L-2's outputs, encoder output."""
+        layer_input, layer_outputs, encoder_output = self._run_backbone(wavs)
+        return [layer_input] + layer_outputs[:-1] + [encoder_output]
+
+    def forward(self, wavs: List[torch.Tensor]) -> Dict[str, List[torch.Tensor]]:
         if self.l_adapters:
+            _, layer_outputs, _ = self._run_backbone(wavs)
             hidden_states = [self.l_adapters[str(i)](layer_outputs[i]) for i in self.adapter_config.l_adapter_layers]
         else:
-            hidden_states = [layer_input] + layer_outputs[:-1] + [encoder_output]
+            hidden_states = self.backbone_hidden_states(wavs)
         return {"hidden_states": hidden_states, "last_hidden_state": hidden_states[-1]}
 
     # ---- adapter-only checkpoints -------------------------------------------------------------

@@ -24,8 +24,11 @@ stamp=.venv/.s3prl-adapters-installed
 want="$(cat requirements.txt setup.py | sha1sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] installing pinned requirements into .venv (first time: a few minutes, torch is large)"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -r requirements.txt
-  .venv/bin/python -m pip install -q --no-deps -e .
+  pip_quiet() {  # this machine's pip config names local wheel folders that may not exist: drop that noise
+    .venv/bin/python -m pip install -q "$@" 2> >(grep -v "^WARNING: Location '.*' is ignored" >&2)
+  }
+  pip_quiet --upgrade pip
+  pip_quiet -r requirements.txt
+  pip_quiet --no-deps -e .
   echo "$want" > "$stamp"
 fi

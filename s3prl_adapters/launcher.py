@@ -1,0 +1,119 @@
+"""`run_downstream.py`: S3PRL's own launcher (same flags, same `main`) with this package plugged in.
+
+Before S3PRL parses anything it: installs the compat workarounds, registers the adapter upstreams
+in `s3prl.hub`, swaps in the adapter runner hook, fills in `--device` and a shipped `-c` config,
+and checks `-u`/`-d`/`-k` so that mistakes end in one line instead of a traceback."""
+
+import argparse
+import difflib
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from .errors import UserError
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+CONFIG_ROOT = PACKAGE_ROOT.parent / "downstream_configs"
+
+
+def shipped_config(task: str) -> Optional[Path]:
+    path = CONFIG_ROOT / task / "config.yaml"
+    return path if path.is_file() else None
+
+
+def available_tasks() -> List[str]:
+    import s3prl.downstream
+
+    root = Path(s3prl.downstream.__file__).parent
+    return sorted(p.name for p in root.iterdir() if (p / "expert.py").is_file())
+
+
+def _peek(argv: List[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(add_help=False)
+    for flags in (("-u", "--upstream"), ("-k", "--upstream_ckpt"), ("-d", "--downstream"), ("-c", "--config"),
+                  ("-e", "--past_exp"), ("-m", "--mode")):
+        parser.add_argument(*flags)
+    return parser.parse_known_args(argv)[0]
+
+
+def _replace_value(argv: List[str], flags, value: str) -> List[str]:
+    out = list(argv)
+    for i, a in enumerate(out):
+        if a in flags and i + 1 < len(out):
+            out[i + 1] = value
+        for f in flags:
+            if a.startswith(f + "="):
+                out[i] = f"{f}={value}"
+    return out
+
+
+def prepare_argv(argv: List[str]) -> List[str]:
+    """Validate what S3PRL would only fail on later, and fill the defaults it gets wrong."""
+    from s3prl import hub
+
+    from . import compat
+
+    args = _peek(argv)
+    if args.past_exp:
+        if not os.path.exists(args.past_exp):
+            raise UserError(f"-e {args.past_exp}: no such checkpoint or experiment directory")
+        return compat.device_defaults_to_cuda(argv)
+    if args.upstream is not None and not hasattr(hub, args.upstream):
+        close = difflib.get_close_matches(args.upstream, [n for n in dir(hub) if not n.startswith("_")], n=5)
+        from .hubconf import UPSTREAMS
+
+        raise UserError(
+            f"-u {args.upstream}: unknown upstream; adapter upstreams: {sorted(UPSTREAMS)}"
+            + (f"; close S3PRL names: {close}" if close else "")
+            + " (run_downstream.py -h lists all)"
+        )
+    if args.downstream is not None:
+        tasks = available_tasks()
+        if args.downstream not in tasks:
+            raise UserError(f"-d {args.downstream}: unknown task; valid: {tasks}")
+        if args.config is None:
+            config = shipped_config(args.downstream)
+            if config is None:
+                raise UserError(
+                    f"-d {args.downstream}: no config shipped for this task (PyPI S3PRL has none); pass -c CONFIG.yaml"
+                )
+            argv = argv + ["-c", str(config)]
+    if args.config is not None and not os.path.isfile(args.config):
+        raise UserError(f"-c {args.config}: no such config file")
+    if args.upstream_ckpt is not None and not args.upstream_ckpt.startswith(("http://", "https://")):
+        # -e reuses -k from the checkpoint: store it absolute so resuming works from any directory.
+        argv = _replace_value(argv, ("-k", "--upstream_ckpt"), os.path.abspath(os.path.expanduser(args.upstream_ckpt)))
+    return compat.device_defaults_to_cuda(argv)
+
+
+def run(argv: List[str]) -> None:
+    from . import compat
+    from .hubconf import register
+    from .runner_hook import AdapterRunner
+
+    compat.install_runtime_workarounds()
+    register()
+    argv = prepare_argv(argv)
+    import s3prl.run_downstream as s3prl_launcher
+
+    s3prl_launcher.Runner = AdapterRunner
+    sys.argv = ["run_downstream.py"] + argv
+    s3prl_launcher.main()
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        run(argv)
+    except UserError as e:
+        if debug:
+            raise
+        print(f"run_downstream.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""The runner hook: S3PRL's Runner, made to train exactly the adapters of an adapter upstream.
+
+With an s3prl-adapters upstream the upstream always trains (with or without `-f`: forgetting it
+must not silently train nothing), and the optimizer receives only parameters that require grad,
+in one group per kind (head, featurizer, l_adapter, e_adapter, layer_norm) with the learning
+rates of the downstream config's `adapter_optimizer.<upstream>` section. Stock upstreams go
+through S3PRL's Runner untouched."""
+
+import sys
+from collections import OrderedDict
+from typing import Dict, List
+
+import torch
+from torch import nn
+
+from s3prl.downstream.runner import Runner
+
+from .errors import UserError
+from .hubconf import UPSTREAMS
+
+GROUPS = ("head", "featurizer", "l_adapter", "e_adapter", "layer_norm")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def upstream_group(name: str) -> str:
+    """Which learning-rate group an upstream parameter belongs to, from its qualified name."""
+    if name.startswith("l_adapters."):
+        return "l_adapter"
+    if ".e_adapter." in name:
+        return "e_adapter"
+    if name.endswith(("self_attn_layer_norm.weight", "self_attn_layer_norm.bias",
+                      "final_layer_norm.weight", "final_layer_norm.bias")):
+        return "layer_norm"
+    raise ValueError(f"no learning-rate group for trainable upstream parameter '{name}'")
+
+
+def group_learning_rates(config: dict, upstream: str, has_l_adapters: bool) -> Dict[str, float]:
+    """Per-group learning rates; groups the config leaves out fall back to `optimizer.lr`."""
+    default = float(config["optimizer"]["lr"])
+    section = (config.get("adapter_optimizer") or {}).get(upstream) or {}
+    unknown = sorted(set(section) - set(GROUPS))
+    if unknown:
+        raise UserError(f"config adapter_optimizer.{upstream}: unknown group(s) {unknown}; valid: {list(GROUPS)}")
+    lrs = {g: float(section.get(g, default)) for g in GROUPS if g != "featurizer"}
+    lrs["featurizer"] = float(section.get("featurizer", lrs["l_adapter"] if has_l_adapters else lrs["head"]))
+    return lrs
+
+
+def _optimizer_class(optimizer_config: dict):
+    name = optimizer_config["name"]
+    cls_name = optimizer_config.get("torch_optim_name") if name == "TorchOptim" else name
+    if cls_name not in ("Adam", "AdamW", "SGD", "RAdam") or not hasattr(torch.optim, cls_name):
+        raise UserError(
+            f"config optimizer: '{name}' is not supported with adapter upstreams; "
+            f"use name: TorchOptim with torch_optim_name Adam, AdamW, RAdam or SGD"
+        )
+    kwargs = {k: v for k, v in optimizer_config.items() if k not in ("name", "torch_optim_name", "lr")}
+    return getattr(torch.optim, cls_name), kwargs
+
+
+def build_grouped_optimizer(upstream: nn.Module, featurizer: nn.Module, downstream: nn.Module,
+                            config: dict, upstream_name: str) -> torch.optim.Optimizer:
+    lrs = group_learning_rates(config, upstream_name, bool(getattr(upstream, "l_adapters", None)))
+    params = OrderedDict((g, []) for g in GROUPS)
+    for name, p in upstream.named_parameters():
+        if p.requires_grad:
+            params[upstream_group(name)].append(p)
+    params["featurizer"] += [p for p in featurizer.parameters() if p.requires_grad]
+    params["head"] += [p for p in downstream.parameters() if p.requires_grad]
+    groups = [{"params": ps, "lr": lrs[g], "name": g} for g, ps in params.items() if ps]
+    cls, kwargs = _optimizer_class(config["optimizer"])
+    return cls(groups, **kwargs)
+
+
+def describe_groups(optimizer: torch.optim.Optimizer) -> str:
+    return ", ".join(
+        f"{g['name']} {sum(p.numel() for p in g['params']):,} @ {g['lr']:g}" for g in optimizer.param_groups
+    )
+
+
+class AdapterRunner(Runner):
+    """S3PRL's Runner with the adapter hook; identical to it for every other upstream."""
+
+    @property
+    def uses_adapter_upstream(self) -> bool:
+        return self.args.upstream in UPSTREAMS
+
+    def _get_upstream(self):
+        if self.uses_adapter_upstream and not self.args.upstream_trainable:
+            # Without this S3PRL runs the upstream under no_grad and never optimizes it.
+            print(f"[s3prl-adapters] {self.args.upstream}: adapters train (backbone frozen); -f is implied",
+                  file=sys.stderr)
+            self.args.upstream_trainable = True
+        return super()._get_upstream()
+
+    def _get_optimizer(self, model_params: List[nn.Module]):
+        if not self.uses_adapter_upstream:
+            return super()._get_optimizer(model_params)
+        optimizer = build_grouped_optimizer(
+            _unwrap(self.upstream.model), _unwrap(self.featurizer.model), _unwrap(self.downstream.model),
+            self.config, self.args.upstream,
+        )
+        print(f"[s3prl-adapters] optimizer groups: {describe_groups(optimizer)}", file=sys.stderr)
+        self._load_weight(optimizer, "Optimizer")
+        return optimizer

@@ -1,0 +1,35 @@
+import os
+import sys
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # two threads on a 2-core box stall (s3prl.md §8)
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+sys.path.insert(0, os.path.dirname(__file__))
+
+from fabricate import make_tiny_fsc  # noqa: E402
+
+from s3prl_adapters.backbone import make_tiny_wavlm  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(REPO, ".venv", "bin")
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+    return make_tiny_wavlm(str(tmp_path_factory.mktemp("ckpt") / "tiny_wavlm.pt"), layers=3, dim=48, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_fsc(tmp_path_factory):
+    return make_tiny_fsc(str(tmp_path_factory.mktemp("fsc")))
+
+
+def tool(name):
+    """Path of a console script installed into the repo's .venv (or next to the running python)."""
+    for d in (BIN, os.path.dirname(sys.executable)):
+        if os.path.exists(os.path.join(d, name)):
+            return os.path.join(d, name)
+    raise FileNotFoundError(name)

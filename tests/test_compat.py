@@ -1,0 +1,82 @@
+"""Each workaround in s3prl_adapters.compat, shown to be needed (the S3PRL behaviour is real) and to work."""
+
+import subprocess
+import sys
+
+from conftest import tool
+from test_runner import OVERRIDES
+
+_LOAD = """
+import argparse, pickle, sys, torch
+sys.argv = sys.argv[1:]
+if sys.argv[0] == "with":
+    from s3prl_adapters import compat
+    compat.s3prl_checkpoints_fail_weights_only_load()
+try:
+    torch.load(sys.argv[1], map_location="cpu")
+    print("loaded")
+except pickle.UnpicklingError as e:
+    print("refused")
+"""
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_weights_only_allowlist_admits_s3prl_args_and_nothing_more(tmp_path):
+    import argparse
+
+    import torch
+
+    ckpt = tmp_path / "states.ckpt"
+    torch.save({"Args": argparse.Namespace(upstream="wavlm_ladapter", seed=1), "Step": 3}, ckpt)
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"Args": _RunsCode()}, evil)
+
+    def load(mode, path):
+        return subprocess.run([sys.executable, "-c", _LOAD, mode, str(path)], capture_output=True, text=True).stdout
+
+    assert load("without", ckpt).strip() == "refused"  # torch >= 2.6 weights-only default vs S3PRL's Args
+    assert load("with", ckpt).strip() == "loaded"
+    assert load("with", evil).strip() == "refused"  # arbitrary callables stay refused
+    assert "pwned" not in load("with", evil)
+
+
+def test_device_default_follows_cuda_availability():
+    import torch
+
+    from s3prl_adapters.compat import device_defaults_to_cuda
+
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    assert device_defaults_to_cuda(["-m", "train"])[-2:] == ["--device", want]
+    assert device_defaults_to_cuda(["--device", "cuda:1"]) == ["--device", "cuda:1"]
+
+
+def test_stock_launcher_cannot_evaluate_on_cpu_but_ours_can(tiny_ckpt, tiny_fsc, tmp_path):
+    """Stock wavlm_local through S3PRL's own `-e` path: the checkpoint fails to load (weights-only)
+    and, once loadable, the device falls back to 'cuda'. Through run_downstream.py it just works."""
+    import torch
+
+    expdir = tmp_path / "stock"
+    train = [tool("run_downstream.py"), "-m", "train", "-u", "wavlm_local", "-k", tiny_ckpt, "-d", "fluent_commands",
+             "-p", str(expdir), "-o", OVERRIDES.format(root=tiny_fsc)]
+    assert subprocess.run(train, capture_output=True, text=True, timeout=300).returncode == 0
+    evaluate = ["-m", "evaluate", "-e", str(expdir / "states-6.ckpt"), "-t", "test"]
+
+    stock = subprocess.run([sys.executable, "-m", "s3prl.run_downstream"] + evaluate,
+                           capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert stock.returncode != 0 and "Weights only load failed" in stock.stderr
+    if not torch.cuda.is_available():
+        import os
+
+        env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
+        stock = subprocess.run([sys.executable, "-m", "s3prl.run_downstream"] + evaluate,
+                               capture_output=True, text=True, timeout=300, cwd=str(tmp_path), env=env)
+        assert stock.returncode != 0 and ("NVIDIA" in stock.stderr or "CUDA" in stock.stderr)
+
+    ours = subprocess.run([tool("run_downstream.py")] + evaluate, capture_output=True, text=True, timeout=300,
+                          cwd=str(tmp_path))
+    assert ours.returncode == 0, ours.stderr[-2000:]
+    assert "test acc:" in ours.stdout
