@@ -33,3 +33,90 @@ def device_defaults_to_cuda(argv: List[str]) -> List[str]:
 def install_runtime_workarounds() -> None:
     s3prl_checkpoints_fail_weights_only_load()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def relative_config_paths_resolve_against_cwd(config: dict, config_path: str) -> dict:
+    """S3PRL uses the config's data paths verbatim, so its './downstream/...' paths only work when run
+    from S3PRL's source folder. Resolve datarc strings that start with './' or '../' against the
+    config file's own folder instead (shipped files such as asr/char.dict live next to the config)."""
+    base = os.path.dirname(os.path.abspath(config_path))
+    datarc = config.get("downstream_expert", {}).get("datarc", {})
+    for key, value in list(datarc.items()):
+        if isinstance(value, str) and value.startswith(("./", "../")):
+            datarc[key] = os.path.normpath(os.path.join(base, value))
+    return config
+
+
+def sv_expert_hardcodes_cuda() -> None:
+    """The ASV expert calls `.cuda()` on its attention mask in forward, so `-d sv_voxceleb1` cannot
+    run on CPU. While that forward runs on a non-CUDA device, `.cuda()` moves to that device."""
+    from s3prl.downstream.sv_voxceleb1 import expert
+
+    cls = expert.DownstreamExpert
+    if getattr(cls.forward, "_s3prl_adapters_patch", False):
+        return
+    original = cls.forward
+
+    def forward(self, mode, features, *args, **kwargs):
+        device = features[0].device
+        if device.type == "cuda":
+            return original(self, mode, features, *args, **kwargs)
+        real_cuda = torch.Tensor.cuda
+        torch.Tensor.cuda = lambda tensor, *a, **k: tensor.to(device)
+        try:
+            return original(self, mode, features, *args, **kwargs)
+        finally:
+            torch.Tensor.cuda = real_cuda
+
+    forward._s3prl_adapters_patch = True
+    cls.forward = forward
+
+
+def cache_root() -> str:
+    return os.environ.get("S3PRL_ADAPTERS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "s3prl-adapters"))
+
+
+def _corpus_fingerprint(roots) -> str:
+    import hashlib
+
+    h = hashlib.sha1()
+    for root in roots:
+        root = os.path.abspath(str(root))
+        h.update(root.encode())
+        for d, dirs, files in sorted(os.walk(root)):
+            dirs.sort()
+            for f in sorted(files):
+                st = os.stat(os.path.join(d, f))
+                h.update(f"{os.path.relpath(os.path.join(d, f), root)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def sv_length_cache_lives_in_installed_package() -> None:
+    """The ASV train set caches post-VAD wav lengths in `<installed s3prl>/downstream/sv_voxceleb1/
+    .wav_lengths/Voxceleb1_length.pt`, keyed only by the name 'Voxceleb1': it writes into the
+    installed package and silently reuses one corpus's lengths for another. The recipe locates the
+    cache next to its module's `__file__`; point that into our cache folder, one sub-folder per
+    corpus fingerprint (paths, sizes and mtimes of its files), so a changed corpus gets new lengths."""
+    from s3prl.downstream.sv_voxceleb1 import dataset
+
+    cls = dataset.SpeakerVerifi_train
+    if getattr(cls.__init__, "_s3prl_adapters_patch", False):
+        return
+    original = cls.__init__
+
+    def __init__(self, vad_config, key_list, file_path, meta_data, max_timestep=None, n_jobs=12):
+        folder = os.path.join(cache_root(), "sv_wav_lengths", _corpus_fingerprint(file_path))
+        os.makedirs(folder, exist_ok=True)
+        dataset.__file__ = os.path.join(folder, "dataset.py")
+        original(self, vad_config, key_list, file_path, meta_data, max_timestep, min(n_jobs, os.cpu_count() or 1))
+
+    __init__._s3prl_adapters_patch = True
+    cls.__init__ = __init__
+
+
+TASK_WORKAROUNDS = {"sv_voxceleb1": [sv_expert_hardcodes_cuda, sv_length_cache_lives_in_installed_package]}
+
+
+def install_task_workarounds(task: str) -> None:
+    for workaround in TASK_WORKAROUNDS.get(task, []):
+        workaround()

@@ -15,6 +15,7 @@ from torch import nn
 
 from s3prl.downstream.runner import Runner
 
+from . import compat
 from .errors import UserError
 from .hubconf import UPSTREAMS
 
@@ -82,7 +83,14 @@ def describe_groups(optimizer: torch.optim.Optimizer) -> str:
 
 
 class AdapterRunner(Runner):
-    """S3PRL's Runner with the adapter hook; identical to it for every other upstream."""
+    """S3PRL's Runner with the adapter hook (for adapter upstreams) and the compat workarounds
+    that concern every upstream (config paths, CPU-only recipes, empty train splits)."""
+
+    def __init__(self, args, config):
+        if not getattr(args, "past_exp", None) and getattr(args, "config", None):
+            compat.relative_config_paths_resolve_against_cwd(config, args.config)
+        compat.install_task_workarounds(args.downstream)
+        super().__init__(args, config)
 
     @property
     def uses_adapter_upstream(self) -> bool:
@@ -106,3 +114,31 @@ class AdapterRunner(Runner):
         print(f"[s3prl-adapters] optimizer groups: {describe_groups(optimizer)}", file=sys.stderr)
         self._load_weight(optimizer, "Optimizer")
         return optimizer
+
+    def train(self):
+        self._refuse_empty_train_split()
+        super().train()
+        self._note_missing_best_checkpoint()
+
+    def _refuse_empty_train_split(self):
+        """S3PRL's loop `while step < total_steps` rebuilds the train loader each epoch, so an empty
+        one spins forever without a word; stop with the reason instead."""
+        split = self.config["runner"].get("train_dataloader", "train")
+        loader = self.downstream.model.get_dataloader(split)
+        if len(loader) == 0:
+            raise UserError(
+                f"-d {self.args.downstream}: the '{split}' split yields no training batch "
+                f"({len(loader.dataset)} usable items); check the corpus root and its lists"
+                + (" (ASR drops a final bucket of one utterance)" if self.args.downstream == "asr" else "")
+                + (" (ASV keeps only files longer than vad_config.min_sec after VAD)"
+                   if self.args.downstream == "sv_voxceleb1" else "")
+            )
+
+    def _note_missing_best_checkpoint(self):
+        import glob
+        import os
+
+        if self.config["runner"].get("eval_dataloaders") and not glob.glob(os.path.join(self.args.expdir, "*-best.ckpt")):
+            print(f"[s3prl-adapters] no *-best.ckpt in {self.args.expdir}: the recipe's best rule never fired "
+                  f"(e.g. dev accuracy stayed 0 or WER never fell below 100); evaluate the last states-*.ckpt",
+                  file=sys.stderr)

@@ -1,0 +1,1 @@
+"""Stand-in corpora in the real SUPERB layouts, and the preparation steps the recipes need."""
