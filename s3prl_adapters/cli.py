@@ -20,6 +20,52 @@ def _params(args):
     print(to_json(rows) if args.json else format_table(rows))
 
 
+def _make_mini_superb(args):
+    from .data.mini_superb import make_mini_superb
+
+    manifest = make_mini_superb(args.out, size=args.size, seed=args.seed, workers=args.workers, tasks=args.tasks)
+    print(f"wrote {manifest['utterances']} utterances ({manifest['audio_hours']} h, "
+          f"{manifest['bytes'] / 1e6:.0f} MB) to {args.out} in {manifest['seconds']} s")
+
+
+def _corpus_overrides(args):
+    from .data.mini_superb import corpus_overrides
+
+    print(corpus_overrides(args.task, args.root))
+
+
+def _prepare_librispeech(args):
+    from .data.prepare import librispeech_buckets
+
+    counts = librispeech_buckets(args.root, args.out, args.splits, ext=args.ext)
+    for split, n in counts.items():
+        print(f"{args.out}/{split}.csv: {n} utterances")
+
+
+def _prepare_iemocap(args):
+    from .data.prepare import iemocap_meta_data
+
+    counts = iemocap_meta_data(args.root, args.out)
+    print(f"wrote {args.out}/Session1..5/{{train,test}}_meta_data.json; test utterances per fold: {counts}")
+
+
+def _prepare_voxceleb1(args):
+    import os
+
+    import numpy as np
+
+    from .data.prepare import check_trial_list, make_trials, voxceleb_files, write_lines
+
+    dev = voxceleb_files(os.path.join(args.root, "dev", "wav"))
+    out = args.dev_trials or os.path.join(args.root, "dev_trials.txt")
+    trials = make_trials(dev, args.n_dev_trials, np.random.default_rng(args.seed))
+    write_lines(out, trials)
+    print(f"wrote {out} ({len(trials)} dev trials over {len(dev)} speakers; read by the recipe at start-up)")
+    if args.test_trials:
+        n = check_trial_list(args.test_trials, os.path.join(args.root, "test", "wav"))
+        print(f"checked {args.test_trials}: {n} trials, every file present, both labels")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="s3prl-adapters", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks for expected errors too")
@@ -36,6 +82,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default="base_plus", help="'base_plus' (random Base+ shape) or a WavLM .pt")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_params)
+
+    p = sub.add_parser("make-mini-superb", help="generate the four stand-in corpora (offline, espeak-ng)")
+    p.add_argument("out")
+    p.add_argument("--size", default="small", choices=["small", "medium"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--tasks", nargs="+", default=None, help="subset of asr fluent_commands emotion sv_voxceleb1")
+    p.set_defaults(func=_make_mini_superb)
+
+    p = sub.add_parser("corpus-overrides", help="print the -o string pointing a recipe at a make-mini-superb corpus")
+    p.add_argument("task", choices=["asr", "fluent_commands", "emotion", "sv_voxceleb1"])
+    p.add_argument("root")
+    p.set_defaults(func=_corpus_overrides)
+
+    p = sub.add_parser("prepare-librispeech", help="write the ASR recipe's length-bucket CSVs (non-interactive)")
+    p.add_argument("root", help="LibriSpeech folder holding train-clean-100/, dev-clean/, test-clean/")
+    p.add_argument("out", help="bucket folder, e.g. ROOT/len_for_bucket (the config's bucket_file)")
+    p.add_argument("--splits", nargs="+", default=["train-clean-100", "dev-clean", "test-clean"])
+    p.add_argument("--ext", default=".flac")
+    p.set_defaults(func=_prepare_librispeech)
+
+    p = sub.add_parser("prepare-iemocap", help="write the emotion recipe's leave-one-session-out meta data")
+    p.add_argument("root", help="IEMOCAP folder holding Session1..Session5")
+    p.add_argument("out", help="meta-data folder (the config's meta_data)")
+    p.set_defaults(func=_prepare_iemocap)
+
+    p = sub.add_parser("prepare-voxceleb1", help="write the ASV recipe's dev trial list and check the test list")
+    p.add_argument("root", help="VoxCeleb1 folder holding dev/wav and test/wav")
+    p.add_argument("--test-trials", help="official trial list to check (e.g. veri_test2.txt)")
+    p.add_argument("--dev-trials", help="where to write the dev list (default ROOT/dev_trials.txt)")
+    p.add_argument("--n-dev-trials", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_prepare_voxceleb1)
     return parser
 
 

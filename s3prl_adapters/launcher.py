@@ -68,6 +68,8 @@ def prepare_argv(argv: List[str]) -> List[str]:
             + (f"; close S3PRL names: {close}" if close else "")
             + " (run_downstream.py -h lists all)"
         )
+    if args.downstream is None and args.mode in ("train", "evaluate", "inference"):
+        raise UserError(f"-d TASK is required (the recipe to run); valid: {available_tasks()}")
     if args.downstream is not None:
         tasks = available_tasks()
         if args.downstream not in tasks:
