@@ -124,11 +124,16 @@ class AdapterRunner(Runner):
         """S3PRL's loop `while step < total_steps` rebuilds the train loader each epoch, so an empty
         one spins forever without a word; stop with the reason instead."""
         split = self.config["runner"].get("train_dataloader", "train")
-        loader = self.downstream.model.get_dataloader(split)
-        if len(loader) == 0:
+        try:
+            batches = len(self.downstream.model.get_dataloader(split))
+        except ValueError as e:  # a shuffling DataLoader refuses an empty dataset outright
+            if "num_samples=0" not in str(e):
+                raise
+            batches = 0
+        if batches == 0:
             raise UserError(
-                f"-d {self.args.downstream}: the '{split}' split yields no training batch "
-                f"({len(loader.dataset)} usable items); check the corpus root and its lists"
+                f"-d {self.args.downstream}: the '{split}' split yields no training batch; "
+                f"check the corpus root and its lists"
                 + (" (ASR drops a final bucket of one utterance)" if self.args.downstream == "asr" else "")
                 + (" (ASV keeps only files longer than vad_config.min_sec after VAD)"
                    if self.args.downstream == "sv_voxceleb1" else "")

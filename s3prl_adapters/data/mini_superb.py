@@ -215,7 +215,7 @@ def make_mini_superb(out: str, size: str = "small", seed: int = 0, workers: int 
             task_jobs, side[task] = builders[task](out, size, np.random.default_rng([seed, list(TASK_DIRS).index(task)]), work)
             jobs += task_jobs
     with Pool(max(1, workers)) as pool:
-        lengths = list(tqdm(pool.imap(_render, jobs, chunksize=8), total=len(jobs), desc="synthesising", unit="utt"))
+        lengths = list(tqdm(pool.imap(_render, jobs, chunksize=8), total=len(jobs), desc="synthesising", unit="utt", disable=None))
 
     if "asr" in tasks:
         for path, lines in side["asr"].items():
