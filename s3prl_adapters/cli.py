@@ -66,6 +66,27 @@ def _prepare_voxceleb1(args):
         print(f"checked {args.test_trials}: {n} trials, every file present, both labels")
 
 
+def _pretrain_tiny(args):
+    from dataclasses import fields
+
+    from .pretrain import PretrainConfig, pretrain_tiny
+
+    cfg = PretrainConfig(**{f.name: getattr(args, f.name) for f in fields(PretrainConfig)})
+    report = pretrain_tiny(args.out, cfg)
+    print(f"wrote {args.out}; final masked-prediction loss {report['final_loss']:.3f} "
+          f"(curve in {args.out}.json); {report['seconds_this_run']} s")
+
+
+def _submit(args):
+    from .submission import build_submission
+
+    er = {k: getattr(args, f"er_fold{k}") for k in range(1, 6) if getattr(args, f"er_fold{k}")}
+    members = build_submission(args.output, asr=args.asr, ic=args.ic, er=er, sv=args.sv)
+    print(f"wrote {args.output}: " + ", ".join(members))
+    if er and len(er) < 5:
+        print("note: SUPERB scores ER only with all 5 folds")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="s3prl-adapters", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks for expected errors too")
@@ -115,6 +136,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-dev-trials", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_prepare_voxceleb1)
+
+    p = sub.add_parser("submit", help="validate S3PRL test predictions and zip them in the SUPERB layout")
+    p.add_argument("--asr", help="asr experiment folder (test-clean-noLM-hyp.ark)")
+    p.add_argument("--ic", help="fluent_commands experiment folder (test_predict.csv)")
+    for k in range(1, 6):
+        p.add_argument(f"--er-fold{k}", dest=f"er_fold{k}", help=f"emotion fold{k} experiment folder")
+    p.add_argument("--sv", help="sv_voxceleb1 experiment folder (test_predict.txt)")
+    p.add_argument("-o", "--output", default="predict.zip")
+    p.set_defaults(func=_submit)
+
+    from dataclasses import fields
+
+    from .pretrain import PretrainConfig
+
+    p = sub.add_parser("pretrain-tiny", help="self-supervised pretraining of a small WavLM on generated speech")
+    p.add_argument("out")
+    for f in fields(PretrainConfig):
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=type(f.default), default=f.default)
+    p.set_defaults(func=_pretrain_tiny)
     return parser
 
 

@@ -1,0 +1,356 @@
+"""The paper's experiment through S3PRL's own recipes: methods x tasks, results table, plots, submissions.
+
+`run_benchmarks.sh` runs `python -m s3prl_adapters.benchmark`. Every run is a real
+`run_downstream.py` train + evaluate in its own folder; a run whose `result.json` exists is skipped
+(`--force` redoes it) and an interrupted one resumes from its last checkpoint (S3PRL's `-a`)."""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional
+
+from .data.mini_superb import TASK_DIRS, corpus_overrides, make_mini_superb
+from .errors import UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(REPO, "downstream_configs")
+DEFAULT_BACKBONE = os.path.join(REPO, "s3prl_adapters", "assets", "wavlm_tiny_pretrained.pt")
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    title: str
+    upstream: str
+    finetune: bool = False  # stock -f
+
+
+METHODS = {m.name: m for m in [
+    Method("finetune", "Fine-tuning (wavlm_local -f)", "wavlm_local", True),
+    Method("frozen", "Frozen weighted sum (SUPERB)", "wavlm_local"),
+    Method("houlsby", "Conventional adapters", "wavlm_houlsby"),
+    Method("eadapter", "E-adapters only", "wavlm_eadapter"),
+    Method("ladapter_only", "L-adapters only", "wavlm_ladapter_only"),
+    Method("ladapter", "L+E adapters (proposed)", "wavlm_ladapter"),
+]}
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    title: str
+    split: str  # evaluated split
+    pattern: str  # S3PRL's printed metric line
+    metric: str
+    percent: float  # printed value x percent = %
+    higher_is_better: bool
+
+
+TASKS = {t.name: t for t in [
+    Task("asr", "ASR WER %", "test-clean", r"^test-clean wer: ([\d.eE+-]+)$", "wer", 1.0, False),
+    Task("fluent_commands", "IC acc %", "test", r"^test acc: ([\d.eE+-]+)$", "acc", 100.0, True),
+    Task("emotion", "ER acc %", "test", r"^test acc: ([\d.eE+-]+)$", "acc", 100.0, True),
+    Task("sv_voxceleb1", "ASV EER %", "test", r"^sv-voxceleb1/test-EER: ([\d.eE+-]+)$", "eer", 100.0, False),
+]}
+
+
+@dataclass
+class Run:
+    task: str
+    method: str
+    seed: int
+    fold: Optional[int] = None
+    expdir: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.task}/{self.method}/seed{self.seed}" + (f"/fold{self.fold}" if self.fold else "")
+
+
+def parse_metric(log_text: str, task: Task) -> float:
+    """The value S3PRL printed (the last matching line), as printed."""
+    values = [m.group(1) for line in log_text.splitlines() for m in [re.match(task.pattern, line.strip())] if m]
+    if not values:
+        raise UserError(f"no '{task.pattern}' line in the evaluation log")
+    return float(values[-1])
+
+
+def _checkpoint_to_evaluate(expdir: str) -> str:
+    best = sorted(f for f in os.listdir(expdir) if f.endswith("-best.ckpt"))
+    if best:
+        return os.path.join(expdir, best[0])
+    states = sorted((f for f in os.listdir(expdir) if re.fullmatch(r"states-\d+\.ckpt", f)),
+                    key=lambda f: int(f.split("-")[1].split(".")[0]))
+    if not states:
+        raise UserError(f"{expdir}: training wrote no checkpoint")
+    return os.path.join(expdir, states[-1])
+
+
+def _load(path):
+    import argparse as _argparse
+
+    import torch
+
+    torch.serialization.add_safe_globals([_argparse.Namespace])
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def checkpoint_facts(ckpt_path: str, backbone: str) -> dict:
+    """Parameter counts from what the run's checkpoint holds (the optimizer state says what trained)."""
+    ckpt = _load(ckpt_path)
+    backbone_state = _load(backbone)["model"]
+    numel = lambda tensors: sum(t.numel() for t in tensors)  # noqa: E731
+    head = numel(v for k, v in ckpt["Downstream"].items()
+                 if v.is_floating_point() and not k.endswith(("best_score", "running_mean", "running_var")))
+    featurizer = numel(ckpt["Featurizer"].values())
+    updated = numel(s["exp_avg"] for s in ckpt["Optimizer"]["state"].values() if "exp_avg" in s)
+    upstream = ckpt.get("Upstream", {})
+    adapters = numel(v for k, v in upstream.items() if k.replace("model.", "", 1) not in backbone_state)
+    weights = ckpt["Featurizer"]["weights"].float()
+    return {
+        "trainable_params": updated - head,  # upstream + featurizer weights that the optimizer updated
+        "head_params": head,
+        "total_params": numel(backbone_state.values()) + adapters + featurizer + head,
+        "checkpoint_bytes": os.path.getsize(ckpt_path),
+        "layer_weights": [round(x, 5) for x in weights.softmax(-1).tolist()],
+    }
+
+
+def _run_logged(cmd: List[str], log_path: str, stream: bool, env: dict) -> Dict[str, float]:
+    """Run a child, log its output, and return its wall time and peak RSS (from wait4)."""
+    start = time.time()
+    with open(log_path, "a") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        for raw in iter(proc.stdout.readline, b""):
+            log.write(raw.decode(errors="replace"))
+            if stream:
+                sys.stderr.write(raw.decode(errors="replace"))
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        tail = open(log_path).read().strip().splitlines()[-1:] or ["?"]
+        raise UserError(f"{' '.join(cmd[:8])}... exited {proc.returncode}: {tail[0]} (log: {log_path})")
+    return {"seconds": time.time() - start, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+class Benchmark:
+    def __init__(self, args):
+        self.args = args
+        self.out = os.path.abspath(args.output)
+        self.lock = threading.Lock()
+        self.done = 0
+        self.started_at = time.time()
+
+    # ---- setup ------------------------------------------------------------------------------
+    def backbone(self) -> str:
+        if self.args.backbone:
+            if not os.path.isfile(self.args.backbone):
+                raise UserError(f"--backbone {self.args.backbone}: no such file")
+            return os.path.abspath(self.args.backbone)
+        if os.path.isfile(DEFAULT_BACKBONE):
+            return DEFAULT_BACKBONE
+        from .backbone import make_tiny_wavlm
+
+        path = os.path.join(self.out, "wavlm_tiny_random.pt")
+        if not os.path.exists(path):
+            make_tiny_wavlm(path, layers=4, dim=128, seed=0)
+        return path
+
+    def adapter_config(self, backbone: str) -> Optional[str]:
+        """The paper's adapter sizes are for width 768; scale them to a smaller backbone's width."""
+        if self.args.adapter_config:
+            return os.path.abspath(self.args.adapter_config)
+        from .backbone import read_checkpoint
+
+        dim = read_checkpoint(backbone)["cfg"]["encoder_embed_dim"]
+        if dim == 768:
+            return None
+        path = os.path.join(self.out, f"adapters_width{dim}.yaml")
+        with open(path, "w") as f:
+            f.write(f"# paper proportions (256/768, 512/768) scaled to width {dim}\n"
+                    f"e_adapter_dim: {round(dim / 3)}\nl_adapter_dim: {round(2 * dim / 3)}\n")
+        return path
+
+    def overrides(self, task: str) -> str:
+        a = self.args
+        real = {
+            "asr": a.librispeech and f"config.downstream_expert.datarc.libri_root='{a.librispeech}',,"
+                                     f"config.downstream_expert.datarc.bucket_file='{a.librispeech_buckets or os.path.join(a.librispeech, 'len_for_bucket')}'",
+            "fluent_commands": a.fsc and f"config.downstream_expert.datarc.file_path='{a.fsc}'",
+            "emotion": a.iemocap and f"config.downstream_expert.datarc.root='{a.iemocap}',,"
+                                     f"config.downstream_expert.datarc.meta_data='{a.iemocap_meta or os.path.join(a.iemocap, 'meta_data')}'",
+            "sv_voxceleb1": a.voxceleb1 and f"config.downstream_expert.datarc.file_path='{a.voxceleb1}',,"
+                                            f"config.downstream_expert.datarc.test_meta_data='{a.sv_test_trials}',,"
+                                            f"config.downstream_expert.datarc.dev_meta_data='{a.sv_dev_trials or os.path.join(a.voxceleb1, 'dev_trials.txt')}'",
+        }[task]
+        return real or corpus_overrides(task, self.mini_root)
+
+    def ensure_corpus(self, tasks: List[str]) -> None:
+        self.mini_root = os.path.abspath(self.args.mini_root or os.path.join(self.out, "mini_superb"))
+        real = {"asr": self.args.librispeech, "fluent_commands": self.args.fsc, "emotion": self.args.iemocap,
+                "sv_voxceleb1": self.args.voxceleb1}
+        missing = [t for t in tasks if not real[t] and not os.path.isdir(os.path.join(self.mini_root, TASK_DIRS[t]))]
+        if self.args.voxceleb1 and not self.args.sv_test_trials and "sv_voxceleb1" in tasks:
+            raise UserError("--voxceleb1 needs --sv-test-trials (the official veri_test2.txt)")
+        if missing:
+            print(f"[benchmark] generating stand-in corpora for {missing} in {self.mini_root}", file=sys.stderr)
+            make_mini_superb(self.mini_root, seed=0, tasks=missing)
+
+    # ---- one run ----------------------------------------------------------------------------
+    def execute(self, run: Run, index: int, total: int) -> dict:
+        a, task, method = self.args, TASKS[run.task], METHODS[run.method]
+        result_path = os.path.join(run.expdir, "result.json")
+        if os.path.exists(result_path) and not a.force:
+            with open(result_path) as f:
+                result = json.load(f)
+            self._progress(index, total, run, "cached", result)
+            return result
+        if a.force and os.path.isdir(run.expdir):
+            import shutil
+
+            shutil.rmtree(run.expdir)
+        os.makedirs(run.expdir, exist_ok=True)
+        self._progress(index, total, run, "start")
+        launcher = os.path.join(os.path.dirname(sys.executable), "run_downstream.py")
+        config = os.path.join(CONFIGS, run.task, "config.yaml" if a.full_configs else "mini.yaml")
+        overrides = self.overrides(run.task)
+        if run.fold:
+            overrides += f",,config.downstream_expert.datarc.test_fold='fold{run.fold}'"
+        if a.steps:
+            overrides += (f",,config.runner.total_steps={a.steps},,config.runner.eval_step={a.steps},,"
+                          f"config.runner.save_step={a.steps},,config.runner.log_step={max(1, a.steps // 2)}")
+        train = [launcher, "-m", "train", "-u", method.upstream, "-k", self.backbone_path, "-d", run.task,
+                 "-c", config, "-p", run.expdir, "--seed", str(run.seed), "-a", "--device", a.device, "-o", overrides]
+        if method.finetune:
+            train.append("-f")
+        if method.upstream != "wavlm_local" and self.adapter_yaml:
+            train += ["-g", self.adapter_yaml]
+        env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
+        stream = a.jobs == 1
+        trained = _run_logged(train, os.path.join(run.expdir, "train.log"), stream, env)
+        ckpt = _checkpoint_to_evaluate(run.expdir)
+        evaluate_log = os.path.join(run.expdir, "evaluate.log")
+        if os.path.exists(evaluate_log):
+            os.remove(evaluate_log)
+        _run_logged([launcher, "-m", "evaluate", "-e", ckpt, "-t", task.split, "--device", a.device],
+                    evaluate_log, stream, env)
+        value = parse_metric(open(evaluate_log).read(), task)
+        result = {
+            "task": run.task, "method": run.method, "upstream": method.upstream + (" -f" if method.finetune else ""),
+            "seed": run.seed, "fold": run.fold, "metric": task.metric, "metric_value": value,
+            "metric_percent": round(value * task.percent, 4), "evaluated_checkpoint": os.path.basename(ckpt),
+            "train_seconds": round(trained["seconds"], 1), "peak_rss_mb": round(trained["peak_rss_mb"], 1),
+            "backbone": self.backbone_path, "git_commit": self.commit, "expdir": run.expdir,
+            **checkpoint_facts(ckpt, self.backbone_path),
+        }
+        tmp = result_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=1)
+        os.replace(tmp, result_path)
+        self._progress(index, total, run, "done", result)
+        return result
+
+    def _progress(self, index, total, run, what, result=None):
+        with self.lock:
+            if what != "start":
+                self.done += 1
+            elapsed = time.time() - self.started_at
+            eta = elapsed / self.done * (total - self.done) if self.done else float("nan")
+            extra = ""
+            if result:
+                extra = f" {result['metric']}={result['metric_value']:.4g} train {result['train_seconds']:.0f}s"
+            print(f"[{index}/{total}] {what:6s} {run.label}{extra} | elapsed {elapsed / 60:.1f} min, "
+                  f"ETA {eta / 60:.1f} min", file=sys.stderr, flush=True)
+
+    # ---- everything -------------------------------------------------------------------------
+    def plan(self) -> List[Run]:
+        runs = []
+        for task in self.args.tasks:
+            for method in self.args.methods:
+                for seed in self.args.seeds:
+                    folds = self.args.er_folds if task == "emotion" else [None]
+                    for fold in folds:
+                        r = Run(task, method, seed, fold)
+                        r.expdir = os.path.join(self.out, "runs", task, method, f"seed{seed}" + (f"_fold{fold}" if fold else ""))
+                        runs.append(r)
+        return runs
+
+    def run(self) -> List[dict]:
+        for t in self.args.tasks:
+            if t not in TASKS:
+                raise UserError(f"--tasks: unknown task '{t}'; valid: {list(TASKS)}")
+        for m in self.args.methods:
+            if m not in METHODS:
+                raise UserError(f"--methods: unknown method '{m}'; valid: {list(METHODS)}")
+        os.makedirs(self.out, exist_ok=True)
+        self.backbone_path = self.backbone()
+        self.adapter_yaml = self.adapter_config(self.backbone_path)
+        self.ensure_corpus(self.args.tasks)
+        try:
+            self.commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                         text=True).stdout.strip() or "unknown"
+        except OSError:
+            self.commit = "unknown"
+        runs = self.plan()
+        print(f"[benchmark] {len(runs)} runs, backbone {self.backbone_path}, {self.args.jobs} at a time; "
+              f"logs in {self.out}/runs/<task>/<method>/", file=sys.stderr)
+        started = time.time()
+        with ThreadPoolExecutor(max_workers=self.args.jobs) as pool:
+            futures = [pool.submit(self.execute, r, i + 1, len(runs)) for i, r in enumerate(runs)]
+            results = [f.result() for f in futures]
+        from .report import write_reports
+
+        write_reports(self.out, results, wall_seconds=time.time() - started, args=vars(self.args))
+        return results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_benchmarks.sh", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), help=f"subset of {list(TASKS)}")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), help=f"subset of {list(METHODS)}")
+    p.add_argument("--seeds", nargs="+", type=int, default=[1337])
+    p.add_argument("--er-folds", nargs="+", type=int, default=[1], help="emotion folds; 1 2 3 4 5 for SUPERB's protocol")
+    p.add_argument("--backbone", help="WavLM checkpoint (e.g. WavLM-Base+.pt); default: the embedded tiny pretrained one")
+    p.add_argument("--adapter-config", help="-g YAML for the adapter upstreams (default: paper sizes, scaled to the width)")
+    p.add_argument("--steps", type=int, help="override every run's total_steps (eval and save at the end)")
+    p.add_argument("--full-configs", action="store_true", help="downstream_configs/<task>/config.yaml instead of mini.yaml")
+    p.add_argument("-o", "--output", default="benchmark_results")
+    p.add_argument("--mini-root", help="stand-in corpora folder (generated if missing)")
+    p.add_argument("--librispeech", help="real LibriSpeech root");
+    p.add_argument("--librispeech-buckets", help="its len_for_bucket folder (default ROOT/len_for_bucket)")
+    p.add_argument("--fsc", help="real Fluent Speech Commands root")
+    p.add_argument("--iemocap", help="real IEMOCAP root")
+    p.add_argument("--iemocap-meta", help="its meta-data folder (default ROOT/meta_data)")
+    p.add_argument("--voxceleb1", help="real VoxCeleb1 root")
+    p.add_argument("--sv-test-trials", help="official trial list for --voxceleb1")
+    p.add_argument("--sv-dev-trials", help="dev trial list (default ROOT/dev_trials.txt)")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--jobs", type=int, default=None, help="runs at a time (default: 2 on CPU, 1 on GPU)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--force", action="store_true", help="redo runs whose results exist")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    import torch
+
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.jobs = args.jobs or (1 if args.device.startswith("cuda") else max(1, min(2, os.cpu_count() or 1)))
+    try:
+        Benchmark(args).run()
+    except UserError as e:
+        print(f"run_benchmarks.sh: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""Benchmark outputs: results.{csv,json,md}, layer-weight heatmap, training-loss curves, predict.zip per method."""
+
+import csv
+import glob
+import json
+import os
+import struct
+import sys
+from collections import defaultdict
+from statistics import mean, stdev
+from typing import Dict, List
+
+COLUMNS = ["task", "method", "upstream", "seed", "fold", "metric", "metric_value", "metric_percent",
+           "trainable_params", "head_params", "total_params", "train_seconds", "peak_rss_mb", "checkpoint_bytes",
+           "evaluated_checkpoint", "backbone", "git_commit", "expdir"]
+
+
+def _aggregate(results: List[dict]) -> Dict[tuple, dict]:
+    """(task, method) -> mean/std over seeds of the metric (ER: first the mean over folds of a seed)."""
+    by = defaultdict(lambda: defaultdict(list))
+    for r in results:
+        by[(r["task"], r["method"])][r["seed"]].append(r["metric_percent"])
+    out = {}
+    for key, seeds in by.items():
+        per_seed = [mean(v) for v in seeds.values()]
+        out[key] = {"mean": mean(per_seed), "std": stdev(per_seed) if len(per_seed) > 1 else None, "n": len(per_seed)}
+    return out
+
+
+def results_markdown(results: List[dict], wall_seconds: float = None) -> str:
+    from .benchmark import METHODS, TASKS
+
+    agg = _aggregate(results)
+    tasks = [t for t in TASKS if any(r["task"] == t for r in results)]
+    methods = [m for m in METHODS if any(r["method"] == m for r in results)]
+    trainable = {m: max(r["trainable_params"] for r in results if r["method"] == m) for m in methods}
+    ft = trainable.get("finetune")
+    head = ["Method"] + [TASKS[t].title + (" ↑" if TASKS[t].higher_is_better else " ↓") for t in tasks]
+    head += ["Trainable (excl. head)", "% of FT"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in methods:
+        cells = [METHODS[m].title]
+        for t in tasks:
+            a = agg.get((t, m))
+            cells.append("–" if a is None else f"{a['mean']:.2f}" + (f" ± {a['std']:.2f}" if a["std"] is not None else ""))
+        cells += [f"{trainable[m]:,}", f"{100 * trainable[m] / ft:.1f}" if ft else "–"]
+        lines.append("| " + " | ".join(cells) + " |")
+    r0 = results[0]
+    notes = [
+        "",
+        f"Backbone `{os.path.basename(r0['backbone'])}`, git {r0['git_commit']}; seeds {sorted({r['seed'] for r in results})}; "
+        "metrics are S3PRL's printed test values (WER in %, accuracy and EER converted from fractions).",
+        "Trainable = parameters the optimizer updated, upstream + Featurizer weights, without the task head.",
+    ]
+    if wall_seconds is not None:
+        notes.append(f"Wall time of this benchmark invocation: {wall_seconds / 60:.1f} min.")
+    return "\n".join(lines + notes) + "\n"
+
+
+def read_scalars(expdir: str) -> Dict[str, List[tuple]]:
+    """Scalars from the TensorBoard event files S3PRL wrote (TFRecord framing + tensorboardX's Event proto)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars = defaultdict(list)
+    for path in sorted(glob.glob(os.path.join(expdir, "events.out.tfevents.*"))):
+        with open(path, "rb") as f:
+            data = f.read()
+        pos = 0
+        while pos + 12 <= len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = Event.FromString(data[pos + 12:pos + 12 + length])
+            pos += 12 + length + 4
+            for v in event.summary.value:
+                scalars[v.tag].append((event.step, v.simple_value))
+    return scalars
+
+
+def plot_layer_weights(results: List[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = [r for r in results if r["seed"] == results[0]["seed"] and r["fold"] in (None, 1)]
+    width = max(len(r["layer_weights"]) for r in rows)
+    grid = np.full((len(rows), width), np.nan)
+    for i, r in enumerate(rows):
+        grid[i, : len(r["layer_weights"])] = r["layer_weights"]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * width, 0.8 + 0.35 * len(rows)))
+    im = ax.imshow(grid, aspect="auto", cmap="viridis")
+    ax.set_yticks(range(len(rows)), [f"{r['task']} / {r['method']}" for r in rows], fontsize=8)
+    ax.set_xticks(range(width))
+    ax.set_xlabel("hidden state (L methods: L-adapter of layer i; others: layer-0 input, then layer outputs)")
+    ax.set_title("Learned layer weights (softmax of S3PRL's Featurizer weights)")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_loss_curves(results: List[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r["task"] for r in results})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.5), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for r in results:
+            if r["task"] != task or r["seed"] != results[0]["seed"] or r["fold"] not in (None, 1):
+                continue
+            scalars = read_scalars(r["expdir"])
+            tags = [t for t in scalars if "train" in t and "loss" in t]
+            if tags:
+                steps, values = zip(*sorted(scalars[tags[0]]))
+                ax.plot(steps, values, label=r["method"])
+        ax.set_title(task)
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_submissions(out: str, results: List[dict]) -> List[str]:
+    from .errors import UserError
+    from .submission import build_submission
+
+    written = []
+    for method in sorted({r["method"] for r in results}):
+        first = {}
+        for r in results:
+            if r["method"] == method and r["seed"] == min(x["seed"] for x in results):
+                first.setdefault((r["task"], r["fold"]), r["expdir"])
+        er = {fold: d for (task, fold), d in first.items() if task == "emotion"}
+        path = os.path.join(out, "submission", method, "predict.zip")
+        try:
+            build_submission(path, asr=first.get(("asr", None)), ic=first.get(("fluent_commands", None)),
+                             er=er, sv=first.get(("sv_voxceleb1", None)))
+            written.append(path)
+        except UserError as e:
+            print(f"[benchmark] no predict.zip for {method}: {e}", file=sys.stderr)
+    return written
+
+
+def write_reports(out: str, results: List[dict], wall_seconds: float = None, args: dict = None) -> None:
+    results = sorted(results, key=lambda r: (r["task"], r["method"], r["seed"], r["fold"] or 0))
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({"runs": results, "args": args, "wall_seconds": wall_seconds}, f, indent=1, default=str)
+    with open(os.path.join(out, "results.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(results)
+    table = results_markdown(results, wall_seconds)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(table)
+    plot_layer_weights(results, os.path.join(out, "layer_weights.png"))
+    plot_loss_curves(results, os.path.join(out, "loss_curves.png"))
+    write_submissions(out, results)
+    print(table)
