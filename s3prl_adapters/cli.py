@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_prepare_voxceleb1)
 
+    sub.add_parser("bench", help="training/inference cost of every method vs S3PRL fine-tuning (see bench --help)")
+
     p = sub.add_parser("submit", help="validate S3PRL test predictions and zip them in the SUPERB layout")
     p.add_argument("--asr", help="asr experiment folder (test-clean-noLM-hyp.ark)")
     p.add_argument("--ic", help="fluent_commands experiment folder (test_predict.csv)")
@@ -159,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # its own parser (it re-invokes itself per method)
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

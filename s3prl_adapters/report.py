@@ -87,11 +87,11 @@ def plot_layer_weights(results: List[dict], path: str) -> None:
     grid = np.full((len(rows), width), np.nan)
     for i, r in enumerate(rows):
         grid[i, : len(r["layer_weights"])] = r["layer_weights"]
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * width, 0.8 + 0.35 * len(rows)))
+    fig, ax = plt.subplots(figsize=(max(9.0, 3.0 + 0.6 * width), 1.5 + 0.35 * len(rows)))
     im = ax.imshow(grid, aspect="auto", cmap="viridis")
     ax.set_yticks(range(len(rows)), [f"{r['task']} / {r['method']}" for r in rows], fontsize=8)
     ax.set_xticks(range(width))
-    ax.set_xlabel("hidden state (L methods: L-adapter of layer i; others: layer-0 input, then layer outputs)")
+    ax.set_xlabel("hidden state index (L methods: L-adapter of layer i; others: input of layer 0, then layer outputs)", fontsize=8)
     ax.set_title("Learned layer weights (softmax of S3PRL's Featurizer weights)")
     fig.colorbar(im, ax=ax)
     fig.tight_layout()

@@ -1,0 +1,192 @@
+"""`s3prl-adapters bench`: training-step time, peak memory, inference time and checkpoint size of the
+adapter upstreams against stock S3PRL `wavlm_local` fine-tuned and frozen, measured in one run.
+
+Each method runs in a child process of its own, so its peak RSS is its own (ru_maxrss of the
+child); on CUDA the peak is torch.cuda.max_memory_allocated. A training step is what S3PRL's
+runner does: upstream (under no_grad when frozen) -> S3PRL Featurizer -> a SUPERB-style head
+(projector 256, mean pooling, linear) -> backward -> Adam step over what trains."""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROWS = [  # (name, upstream, stock -f)
+    ("finetune", "wavlm_local", True),
+    ("frozen", "wavlm_local", False),
+    ("houlsby", "wavlm_houlsby", False),
+    ("eadapter", "wavlm_eadapter", False),
+    ("ladapter_only", "wavlm_ladapter_only", False),
+    ("ladapter", "wavlm_ladapter", False),
+]
+
+
+def _sync(device):
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure_one(name, upstream, finetune, ckpt, batch, seconds, steps, warmup, device) -> dict:
+    import torch
+    from torch import nn
+
+    from s3prl.upstream.interfaces import Featurizer
+
+    from . import hubconf
+    from .expert import AdapterWavLMExpert
+
+    torch.manual_seed(0)
+    if upstream == "wavlm_local":
+        from s3prl.upstream.wavlm.hubconf import wavlm_local
+
+        model = wavlm_local(ckpt).to(device)
+    else:
+        model = hubconf.UPSTREAMS[upstream](ckpt=ckpt).to(device)
+    adapters = isinstance(model, AdapterWavLMExpert)
+    trains_upstream = finetune or adapters
+    featurizer = Featurizer(model, upstream_device=device).to(device)
+    head = nn.Sequential(nn.Linear(featurizer.output_dim, 256), nn.ReLU()).to(device)
+    classifier = nn.Linear(256, 24).to(device)
+    params = [p for m in (featurizer, head, classifier) for p in m.parameters()]
+    params += [p for p in model.parameters() if p.requires_grad] if trains_upstream else []
+    optimizer = torch.optim.Adam(params, lr=1e-4)
+    wavs = [torch.randn(int(seconds * 16000), device=device) for _ in range(batch)]
+    labels = torch.randint(0, 24, (batch,), device=device)
+
+    def step():
+        model.train() if trains_upstream else model.eval()
+        if trains_upstream:
+            hidden = model(wavs)
+        else:
+            with torch.no_grad():
+                hidden = model(wavs)
+        feats = featurizer(wavs, hidden)
+        pooled = torch.stack([head(f).mean(0) for f in feats])
+        loss = nn.functional.cross_entropy(classifier(pooled), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    times = []
+    for i in range(warmup + steps):
+        _sync(device)
+        t = time.perf_counter()
+        step()
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    model.eval()
+    infer = []
+    with torch.no_grad():
+        for i in range(warmup + steps):
+            _sync(device)
+            t = time.perf_counter()
+            featurizer(wavs, model(wavs))
+            _sync(device)
+            if i >= warmup:
+                infer.append(time.perf_counter() - t)
+    with tempfile.TemporaryDirectory() as d:  # what S3PRL's runner stores for the upstream
+        path = os.path.join(d, "upstream.ckpt")
+        torch.save(model.state_dict() if trains_upstream else {}, path)
+        ckpt_bytes = os.path.getsize(path)
+    result = {
+        "method": name, "upstream": upstream + (" -f" if finetune else ""),
+        "step_seconds": statistics.median(times), "inference_seconds": statistics.median(infer),
+        "trainable_params": sum(p.numel() for p in params) - sum(p.numel() for m in (head, classifier) for p in m.parameters()),
+        "upstream_checkpoint_bytes": ckpt_bytes,
+    }
+    if device.startswith("cuda"):
+        result["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+def run_bench(ckpt, batch, seconds, steps, warmup, device, rows=ROWS) -> list:
+    results = []
+    for name, upstream, finetune in rows:
+        cmd = [sys.executable, "-m", "s3prl_adapters.bench", "--child", name, "--checkpoint", ckpt, "--batch", str(batch),
+               "--seconds", str(seconds), "--steps", str(steps), "--warmup", str(warmup), "--device", device,
+               "--threads", os.environ.get("OMP_NUM_THREADS", "1")]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"bench {name} failed: {err.strip().splitlines()[-1:]}")
+        result = json.loads(out.strip().splitlines()[-1])
+        results.append(result)
+        print(f"[bench] {name}: {result['step_seconds']:.3f} s/step", file=sys.stderr, flush=True)
+    return results
+
+
+def _child_main(args):
+    import resource
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    name, upstream, finetune = next(r for r in ROWS if r[0] == args.child)
+    result = measure_one(name, upstream, finetune, args.checkpoint, args.batch, args.seconds, args.steps, args.warmup,
+                         args.device)
+    if "peak_memory_mb" not in result:
+        result["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+def format_table(results, meta) -> str:
+    ft = next(r for r in results if r["method"] == "finetune")
+    frozen = next(r for r in results if r["method"] == "frozen")
+    lines = [
+        f"{meta['shape']}, batch {meta['batch']} x {meta['seconds']} s, device {meta['device']}, "
+        f"{meta['threads']} thread(s), median of {meta['steps']} steps after {meta['warmup']} warm-up",
+        f"{'method':14s} {'step s':>8s} {'x FT':>6s} {'peak MB':>9s} {'x FT':>6s} {'infer s':>8s} {'x frozen':>9s} "
+        f"{'ckpt MB':>8s} {'x FT':>6s} {'trainable':>12s}",
+    ]
+    for r in results:
+        lines.append(
+            f"{r['method']:14s} {r['step_seconds']:8.3f} {r['step_seconds'] / ft['step_seconds']:6.2f} "
+            f"{r['peak_memory_mb']:9.0f} {r['peak_memory_mb'] / ft['peak_memory_mb']:6.2f} "
+            f"{r['inference_seconds']:8.3f} {r['inference_seconds'] / frozen['inference_seconds']:9.2f} "
+            f"{r['upstream_checkpoint_bytes'] / 1e6:8.2f} {r['upstream_checkpoint_bytes'] / ft['upstream_checkpoint_bytes']:6.3f} "
+            f"{r['trainable_params']:12,d}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="s3prl-adapters bench", description=__doc__)
+    p.add_argument("--checkpoint", help="WavLM checkpoint; default: a random WavLM Base+-shaped one")
+    p.add_argument("--shape", default="base_plus", choices=["base_plus", "tiny"], help="random backbone when no --checkpoint")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.child:
+        return _child_main(args)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    with tempfile.TemporaryDirectory() as d:
+        ckpt = args.checkpoint
+        if ckpt is None:
+            from .backbone import BASE_PLUS_CFG, build_wavlm, make_tiny_wavlm, save_checkpoint
+
+            ckpt = os.path.join(d, "wavlm.pt")
+            save_checkpoint(build_wavlm(BASE_PLUS_CFG, seed=0), ckpt) if args.shape == "base_plus" else make_tiny_wavlm(ckpt)
+        results = run_bench(ckpt, args.batch, args.seconds, args.steps, args.warmup, args.device)
+    meta = {"shape": args.checkpoint or args.shape, "batch": args.batch, "seconds": args.seconds, "device": args.device,
+            "threads": args.threads, "steps": args.steps, "warmup": args.warmup}
+    print(json.dumps({"meta": meta, "results": results}, indent=1) if args.json else format_table(results, meta))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""run_benchmarks.sh end to end on one task x two methods with a tiny budget, and submission validation."""
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import zipfile
+
+import pytest
+
+from conftest import REPO
+from s3prl_adapters.errors import UserError
+from s3prl_adapters.report import COLUMNS
+from s3prl_adapters.submission import build_submission
+
+
+@pytest.fixture(scope="module")
+def smoke(tiny_ckpt, mini_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    cmd = ["bash", os.path.join(REPO, "run_benchmarks.sh"), "--tasks", "emotion", "--methods", "frozen", "ladapter",
+           "--steps", "6", "--mini-root", mini_corpus, "--backbone", tiny_ckpt, "-o", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_outputs_and_columns(smoke):
+    out, proc = smoke
+    for name in ("results.md", "results.csv", "results.json", "layer_weights.png", "loss_curves.png"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert list(rows[0]) == COLUMNS and len(rows) == 2
+    assert {r["method"] for r in rows} == {"frozen", "ladapter"}
+    assert all(int(r["trainable_params"]) > 0 and int(r["total_params"]) > int(r["trainable_params"]) for r in rows)
+    assert re.search(r"\[1/2\] (start|done) ", proc.stderr) and "ETA" in proc.stderr
+    md = (out / "results.md").read_text()
+    assert "| Frozen weighted sum (SUPERB) |" in md and "ER acc % ↑" in md
+
+
+def test_table_numbers_are_the_metrics_s3prl_printed(smoke):
+    out, _ = smoke
+    for run in json.load(open(out / "results.json"))["runs"]:
+        printed = [float(m.group(1)) for m in re.finditer(r"^test acc: ([\d.]+)$", open(os.path.join(run["expdir"], "evaluate.log")).read(), re.M)]
+        assert run["metric_value"] == printed[-1]
+        assert f"{run['metric_percent']:.2f}" in (out / "results.md").read_text()
+
+
+def test_predict_zip_per_method_is_valid(smoke):
+    out, _ = smoke
+    for method in ("frozen", "ladapter"):
+        with zipfile.ZipFile(out / "submission" / method / "predict.zip") as z:
+            assert z.namelist() == ["predict/er_fold1_public/predict.txt"]
+            lines = z.read("predict/er_fold1_public/predict.txt").decode().splitlines()
+        run = next(r for r in json.load(open(out / "results.json"))["runs"] if r["method"] == method)
+        assert lines == open(os.path.join(run["expdir"], "test_fold1_predict.txt")).read().splitlines()
+
+
+def test_rerun_skips_finished_runs(smoke, tiny_ckpt, mini_corpus):
+    out, _ = smoke
+    proc = subprocess.run(["bash", os.path.join(REPO, "run_benchmarks.sh"), "--tasks", "emotion", "--methods", "frozen",
+                           "ladapter", "--steps", "6", "--mini-root", mini_corpus, "--backbone", tiny_ckpt, "-o", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stderr.count("cached") == 2 and " start " not in proc.stderr
+
+
+def _er_expdir(smoke, tmp_path):
+    out, _ = smoke
+    run = json.load(open(out / "results.json"))["runs"][0]
+    copy = tmp_path / "exp"
+    shutil.copytree(run["expdir"], copy)
+    return copy
+
+
+def test_submission_rejects_missing_file(smoke, tmp_path):
+    exp = _er_expdir(smoke, tmp_path)
+    os.remove(exp / "test_fold1_predict.txt")
+    with pytest.raises(UserError, match="missing prediction file .*test_fold1_predict.txt"):
+        build_submission(str(tmp_path / "p.zip"), er={1: str(exp)})
+    assert not (tmp_path / "p.zip").exists()
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda lines: [lines[0].replace(" ", "\t")] + lines[1:], "expected '<utt> <label>'"),
+    (lambda lines: [lines[0].split(" ")[0] + " bored"] + lines[1:], "label 'bored' not in"),
+    (lambda lines: lines[1:], "utterances differ from the test list .*missing"),
+])
+def test_submission_rejects_bad_predictions(smoke, tmp_path, mutate, message):
+    exp = _er_expdir(smoke, tmp_path)
+    path = exp / "test_fold1_predict.txt"
+    path.write_text("\n".join(mutate(path.read_text().splitlines())) + "\n")
+    with pytest.raises(UserError, match=message):
+        build_submission(str(tmp_path / "p.zip"), er={1: str(exp)})
+    assert not (tmp_path / "p.zip").exists()
