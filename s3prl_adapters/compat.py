@@ -32,6 +32,7 @@ def device_defaults_to_cuda(argv: List[str]) -> List[str]:
 
 def install_runtime_workarounds() -> None:
     s3prl_checkpoints_fail_weights_only_load()
+    runner_checkpoints_can_be_lost_on_a_kill()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -120,3 +121,69 @@ TASK_WORKAROUNDS = {"sv_voxceleb1": [sv_expert_hardcodes_cuda, sv_length_cache_l
 def install_task_workarounds(task: str) -> None:
     for workaround in TASK_WORKAROUNDS.get(task, []):
         workaround()
+
+
+class _RunnerTorch:
+    """`torch` as S3PRL's runner module sees it, except that `save` to a path is atomic."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def save(obj, f, *args, **kwargs):
+        if not isinstance(f, (str, os.PathLike)):
+            return torch.save(obj, f, *args, **kwargs)
+        tmp = f"{f}.tmp{os.getpid()}"
+        try:
+            torch.save(obj, tmp, *args, **kwargs)
+            os.replace(tmp, f)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        _RunnerOs.flush_deferred_removals()
+
+
+class _RunnerOs:
+    """`os` as S3PRL's runner sees it, except that removing an old `states-*.ckpt` waits until the
+    next checkpoint has been written."""
+
+    _deferred: List[str] = []
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    @classmethod
+    def remove(cls, path):
+        if os.path.basename(str(path)).startswith("states-") and str(path).endswith(".ckpt"):
+            cls._deferred.append(str(path))
+        else:
+            os.remove(path)
+
+    @classmethod
+    def flush_deferred_removals(cls):
+        while cls._deferred:
+            path = cls._deferred.pop()
+            if os.path.exists(path):
+                os.remove(path)
+
+
+def runner_checkpoints_can_be_lost_on_a_kill() -> None:
+    """S3PRL's runner writes checkpoints with a plain `torch.save` (a kill mid-write leaves a
+    truncated file under the final name) and, with `max_keep`, deletes the previous `states-*.ckpt`
+    *before* writing the new one (a kill in between leaves none). Give the runner module an atomic
+    save (temp file + rename) and make it delete old checkpoints only after the new one exists."""
+    from s3prl.downstream import runner
+
+    if not isinstance(runner.torch, _RunnerTorch):
+        runner.torch = _RunnerTorch()
+        runner.os = _RunnerOs()
+
+
+def torchrun_sets_only_local_rank(argv: List[str]) -> List[str]:
+    """S3PRL enters DDP only when `--local_rank` is passed (torch.distributed.launch's old flag);
+    torchrun exports LOCAL_RANK instead, so every rank would train alone. Pass it on."""
+    if "LOCAL_RANK" in os.environ and not _has_flag(argv, "--local_rank"):
+        argv = argv + ["--local_rank", os.environ["LOCAL_RANK"]]
+        if not _has_flag(argv, "--backend") and not torch.cuda.is_available():
+            argv += ["--backend", "gloo"]
+    return argv

@@ -55,9 +55,16 @@ def prepare_argv(argv: List[str]) -> List[str]:
     from . import compat
 
     args = _peek(argv)
+    argv = compat.torchrun_sets_only_local_rank(argv)
     if args.past_exp:
         if not os.path.exists(args.past_exp):
             raise UserError(f"-e {args.past_exp}: no such checkpoint or experiment directory")
+        if os.path.isfile(args.past_exp):  # S3PRL loads it itself; refuse a bad file with a clear line first
+            from .backbone import read_checkpoint
+
+            ckpt = read_checkpoint(args.past_exp, what="-e")
+            if not isinstance(ckpt, dict) or "Args" not in ckpt:
+                raise UserError(f"-e {args.past_exp}: not an S3PRL experiment checkpoint (no 'Args')")
         return compat.device_defaults_to_cuda(argv)
     if args.upstream is not None and not hasattr(hub, args.upstream):
         close = difflib.get_close_matches(args.upstream, [n for n in dir(hub) if not n.startswith("_")], n=5)

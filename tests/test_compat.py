@@ -80,3 +80,58 @@ def test_stock_launcher_cannot_evaluate_on_cpu_but_ours_can(tiny_ckpt, tiny_fsc,
                           cwd=str(tmp_path))
     assert ours.returncode == 0, ours.stderr[-2000:]
     assert "test acc:" in ours.stdout
+
+
+def test_runner_checkpoint_save_is_atomic_and_keeps_the_previous_one(tmp_path, monkeypatch):
+    import torch
+    from s3prl.downstream import runner
+
+    from s3prl_adapters import compat
+
+    compat.runner_checkpoints_can_be_lost_on_a_kill()
+    old = tmp_path / "states-100.ckpt"
+    torch.save({"Step": 100}, old)
+    # What the runner does with max_keep=1: remove the old checkpoint, then save the new one.
+    runner.os.remove(str(old))
+    assert old.exists()  # deferred until the new one is complete
+
+    real_save = torch.save
+
+    def dying_save(obj, f, *a, **k):  # a kill in the middle of writing
+        with open(f, "wb") as fh:
+            fh.write(b"PK\x03\x04 truncated")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    new = tmp_path / "states-200.ckpt"
+    try:
+        runner.torch.save({"Step": 200}, str(new))
+    except KeyboardInterrupt:
+        pass
+    assert not new.exists() and not list(tmp_path.glob("*.tmp*"))
+    assert real_save and torch.load(old)["Step"] == 100
+
+    monkeypatch.setattr(torch, "save", real_save)
+    runner.torch.save({"Step": 200}, str(new))
+    assert torch.load(new)["Step"] == 200 and not old.exists()
+
+
+def test_torchrun_local_rank_is_passed_to_s3prl(monkeypatch):
+    from s3prl_adapters.compat import torchrun_sets_only_local_rank
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert torchrun_sets_only_local_rank(["-m", "train"]) == ["-m", "train"]
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    argv = torchrun_sets_only_local_rank(["-m", "train"])
+    assert argv[2:4] == ["--local_rank", "1"]
+
+
+def test_crafted_experiment_checkpoint_is_refused_before_unpickling(tmp_path):
+    import torch
+
+    evil = tmp_path / "states-1.ckpt"
+    torch.save({"Args": _RunsCode()}, evil)
+    proc = subprocess.run([tool("run_downstream.py"), "-m", "evaluate", "-e", str(evil)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "pwned" not in proc.stdout
+    assert f"-e {evil}: refused to unpickle" in proc.stderr and "Traceback" not in proc.stderr
