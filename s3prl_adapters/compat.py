@@ -33,6 +33,7 @@ def device_defaults_to_cuda(argv: List[str]) -> List[str]:
 def install_runtime_workarounds() -> None:
     s3prl_checkpoints_fail_weights_only_load()
     runner_checkpoints_can_be_lost_on_a_kill()
+    ddp_assumes_cuda()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -187,3 +188,51 @@ def torchrun_sets_only_local_rank(argv: List[str]) -> List[str]:
         if not _has_flag(argv, "--backend") and not torch.cuda.is_available():
             argv += ["--backend", "gloo"]
     return argv
+
+
+def ddp_assumes_cuda() -> None:
+    """S3PRL's DDP path calls `torch.cuda.set_device(local_rank)` and wraps modules with
+    `device_ids=[local_rank]`, both of which fail for CPU (gloo) training. On a machine without
+    CUDA, make the first a no-op and drop `device_ids` for modules that live on the CPU."""
+    from s3prl.downstream import runner
+
+    if torch.cuda.is_available() or getattr(runner.DDP, "_s3prl_adapters_patch", False):
+        return
+    torch.cuda.set_device = lambda device: None
+    real_ddp = runner.DDP
+
+    def cpu_ddp(module, device_ids=None, **kwargs):
+        on_cpu = all(p.device.type == "cpu" for p in module.parameters())
+        return real_ddp(module, device_ids=None if on_cpu else device_ids, **kwargs)
+
+    cpu_ddp._s3prl_adapters_patch = True
+    runner.DDP = cpu_ddp
+
+
+def non_leader_ranks_never_finish(runner_instance, optimizer) -> None:
+    """In DDP only rank 0 advances the runner's 'overall' progress bar, which is also its step
+    counter, so the other ranks train until rank 0 exits and then die (gloo: 'Connection closed by
+    peer'; NCCL hangs). On those ranks, advance that counter after every optimizer step."""
+    from torch.distributed import is_initialized
+
+    from s3prl.downstream import runner
+    from s3prl.utility.helper import is_leader_process
+
+    if not is_initialized() or is_leader_process():
+        return
+    real_tqdm = runner.tqdm
+
+    def tqdm(*args, **kwargs):
+        bar = real_tqdm(*args, **kwargs)
+        if kwargs.get("desc") == "overall":
+            runner_instance._overall_bar = bar
+        return bar
+
+    runner.tqdm = tqdm
+
+    def advance(*_):
+        bar = getattr(runner_instance, "_overall_bar", None)
+        if bar is not None:
+            bar.n += 1
+
+    optimizer.register_step_post_hook(advance)

@@ -105,6 +105,11 @@ class AdapterRunner(Runner):
         return super()._get_upstream()
 
     def _get_optimizer(self, model_params: List[nn.Module]):
+        optimizer = self._build_optimizer(model_params)
+        compat.non_leader_ranks_never_finish(self, optimizer)
+        return optimizer
+
+    def _build_optimizer(self, model_params: List[nn.Module]):
         if not self.uses_adapter_upstream:
             return super()._get_optimizer(model_params)
         optimizer = build_grouped_optimizer(
@@ -114,6 +119,19 @@ class AdapterRunner(Runner):
         print(f"[s3prl-adapters] optimizer groups: {describe_groups(optimizer)}", file=sys.stderr)
         self._load_weight(optimizer, "Optimizer")
         return optimizer
+
+    def evaluate(self, split=None, logger=None, global_step=0):
+        """S3PRL evaluates on rank 0 only, but through the DDP wrappers, whose forward broadcasts
+        buffers to ranks that are not there (gloo: 'Connection closed by peer'). Evaluate with the
+        wrapped modules themselves; the weights are the same object."""
+        wrapped = [(e, e.model) for e in self.all_entries if isinstance(e.model, nn.parallel.DistributedDataParallel)]
+        for entry, ddp in wrapped:
+            entry.model = ddp.module
+        try:
+            return super().evaluate(split, logger, global_step)
+        finally:
+            for entry, ddp in wrapped:
+                entry.model = ddp
 
     def train(self):
         self._refuse_empty_train_split()
