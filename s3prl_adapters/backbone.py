@@ -95,8 +95,14 @@ def read_checkpoint(path: str, what: str = "-k") -> dict:
 
 
 def load_wavlm(path: str) -> WavLM:
-    """Build S3PRL's WavLM from a `{'cfg','model'}` file and load its weights strictly."""
-    ckpt = read_checkpoint(path)
+    """Build S3PRL's WavLM from a `{'cfg','model'}` file (or a transformers WavLM folder) and load
+    its weights strictly."""
+    if os.path.isdir(path):
+        from .hf_convert import convert_hf_folder
+
+        ckpt = convert_hf_folder(path)
+    else:
+        ckpt = read_checkpoint(path)
     if not isinstance(ckpt, dict) or "cfg" not in ckpt or "model" not in ckpt:
         keys = sorted(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise UserError(

@@ -87,6 +87,13 @@ def _submit(args):
         print("note: SUPERB scores ER only with all 5 folds")
 
 
+def _convert_hf(args):
+    from .backbone import load_wavlm, save_checkpoint
+
+    save_checkpoint(load_wavlm(args.folder), args.out)  # load_wavlm validates the converted weights strictly
+    print(f"wrote {args.out} (S3PRL {{'cfg','model'}} WavLM from {args.folder})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="s3prl-adapters", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks for expected errors too")
@@ -98,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dim", type=int, default=48)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_make_tiny_wavlm)
+
+    p = sub.add_parser("convert-hf", help="convert a transformers WavLM folder (config.json + weights) to S3PRL's format")
+    p.add_argument("folder")
+    p.add_argument("out")
+    p.set_defaults(func=_convert_hf)
 
     p = sub.add_parser("params", help="trainable/total parameters of the six methods")
     p.add_argument("--backbone", default="base_plus", help="'base_plus' (random Base+ shape) or a WavLM .pt")
