@@ -124,7 +124,9 @@ def _masked_prediction_loss(model, head, wavs, targets, mask_rng):
     return F.cross_entropy(logits, targets[:, :frames][mask[:, :frames]])
 
 
-def pretrain_tiny(out: str, cfg: PretrainConfig, work_dir: str = None) -> dict:
+def pretrain_tiny(out: str, cfg: PretrainConfig, work_dir: str = None, stop_after: int = None) -> dict:
+    """Pretrain (or resume) and write `out`; `stop_after` ends this run early after that many steps
+    in all, leaving the resumable state behind (as a kill after a state save would)."""
     torch.manual_seed(cfg.seed)
     work_dir = work_dir or out + ".work"
     os.makedirs(work_dir, exist_ok=True)
@@ -200,11 +202,15 @@ def pretrain_tiny(out: str, cfg: PretrainConfig, work_dir: str = None) -> dict:
         losses.append(round(loss.item(), 4))
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
-        if step % 250 == 0 or step == cfg.steps:
+        stopping = stop_after is not None and step >= stop_after
+        if step % 250 == 0 or step == cfg.steps or stopping:
             state = {"model": model.state_dict(), "head": head.state_dict(), "optimizer": optimizer.state_dict(),
                      "schedule": schedule.state_dict(), "step": step, "losses": losses, "config": asdict(cfg)}
             torch.save(state, state_path + ".tmp")
             os.replace(state_path + ".tmp", state_path)
+        if stopping and step < cfg.steps:
+            bar.close()
+            return {"stopped_at": step, "losses": losses}
     bar.close()
     model.cfg.mask_prob = 0.65  # downstream use never masks (S3PRL calls mask=False)
     save_checkpoint(model, out)

@@ -18,6 +18,7 @@ from s3prl.downstream.runner import Runner
 from . import compat
 from .errors import UserError
 from .hubconf import UPSTREAMS
+from .preflight import check_corpus
 
 GROUPS = ("head", "featurizer", "l_adapter", "e_adapter", "layer_norm")
 
@@ -90,6 +91,7 @@ class AdapterRunner(Runner):
         if not getattr(args, "past_exp", None) and getattr(args, "config", None):
             compat.relative_config_paths_resolve_against_cwd(config, args.config)
         compat.install_task_workarounds(args.downstream)
+        check_corpus(args.downstream, config)
         super().__init__(args, config)
 
     @property

@@ -44,3 +44,17 @@ def test_not_a_wavlm_checkpoint(tmp_path):
     torch.save({"state_dict": {"w": torch.zeros(1)}}, path)
     proc = _run("-m", "train", "-u", "wavlm_eadapter", "-k", str(path), "-d", "fluent_commands", "-p", str(tmp_path / "e"))
     assert proc.returncode == 2 and "not a WavLM checkpoint (expected keys 'cfg' and 'model'" in proc.stderr
+
+
+@pytest.mark.parametrize("task, override, message", [
+    ("fluent_commands", "config.downstream_expert.datarc.file_path='/nope/fsc'",
+     "-d fluent_commands: Fluent Speech Commands root /nope/fsc does not exist"),
+    ("emotion", "config.downstream_expert.datarc.root='/tmp',,config.downstream_expert.datarc.meta_data='/nope/meta'",
+     "fold meta data (s3prl-adapters prepare-iemocap writes it) /nope/meta/Session1/train_meta_data.json does not exist"),
+    ("asr", "config.downstream_expert.datarc.libri_root='/nope/LibriSpeech'", "LibriSpeech root /nope/LibriSpeech does not exist"),
+    ("sv_voxceleb1", "config.downstream_expert.datarc.file_path='/tmp'", "VoxCeleb1 dev audio folder /tmp/dev/wav does not exist"),
+])
+def test_missing_corpus_parts_are_named(task, override, message, tiny_ckpt, tmp_path):
+    proc = _run("-m", "train", "-u", "wavlm_ladapter", "-k", tiny_ckpt, "-d", task, "-p", str(tmp_path / "e"), "-o", override)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert message in proc.stderr

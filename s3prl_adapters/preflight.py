@@ -1,0 +1,39 @@
+"""Check that a recipe's corpus root holds what the recipe reads, before S3PRL fails deep inside with
+a traceback (or, for an empty split, never fails at all). Names the first missing file or folder."""
+
+import os
+
+from .errors import UserError
+
+
+def _need(path: str, what: str, task: str, key: str) -> None:
+    if not os.path.exists(path):
+        raise UserError(f"-d {task}: {what} {path} does not exist (config downstream_expert.datarc.{key})")
+
+
+def check_corpus(task: str, config: dict) -> None:
+    d = config.get("downstream_expert", {}).get("datarc", {})
+    if task == "asr":
+        _need(d["libri_root"], "LibriSpeech root", task, "libri_root")
+        _need(d["bucket_file"], "bucket folder", task, "bucket_file")
+        _need(d.get("dict_path", ""), "character dictionary", task, "dict_path")
+        splits = {s for key in ["train"] + list(config["runner"].get("eval_dataloaders", [])) for s in d.get(key, [])}
+        for split in sorted(splits):
+            _need(os.path.join(d["bucket_file"], f"{split}.csv"), f"bucket CSV of split '{split}' "
+                  "(s3prl-adapters prepare-librispeech writes it)", task, "bucket_file")
+            _need(os.path.join(d["libri_root"], split), f"split folder '{split}'", task, "libri_root")
+    elif task == "fluent_commands":
+        _need(d["file_path"], "Fluent Speech Commands root", task, "file_path")
+        for split in ("train", "valid", "test"):
+            _need(os.path.join(d["file_path"], "data", f"{split}_data.csv"), "table", task, "file_path")
+    elif task == "emotion":
+        _need(d["root"], "IEMOCAP root", task, "root")
+        session = str(d.get("test_fold", "fold1")).replace("fold", "Session")
+        for name in ("train", "test"):
+            _need(os.path.join(d["meta_data"], session, f"{name}_meta_data.json"),
+                  "fold meta data (s3prl-adapters prepare-iemocap writes it)", task, "meta_data")
+    elif task == "sv_voxceleb1":
+        for part in ("dev", "test"):
+            _need(os.path.join(d["file_path"], part, "wav"), f"VoxCeleb1 {part} audio folder", task, "file_path")
+        _need(d["dev_meta_data"], "dev trial list (s3prl-adapters prepare-voxceleb1 writes it)", task, "dev_meta_data")
+        _need(d["test_meta_data"], "test trial list (the official veri_test2.txt)", task, "test_meta_data")
