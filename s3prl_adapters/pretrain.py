@@ -162,6 +162,7 @@ def pretrain_tiny(out: str, cfg: PretrainConfig, work_dir: str = None, stop_afte
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         step, losses = state["step"], state["losses"]
+        torch.set_rng_state(state["torch_rng"])  # dropout continues where it stopped
 
     crop = int(cfg.crop_seconds * 16000)
     model.train()
@@ -205,7 +206,8 @@ def pretrain_tiny(out: str, cfg: PretrainConfig, work_dir: str = None, stop_afte
         stopping = stop_after is not None and step >= stop_after
         if step % 250 == 0 or step == cfg.steps or stopping:
             state = {"model": model.state_dict(), "head": head.state_dict(), "optimizer": optimizer.state_dict(),
-                     "schedule": schedule.state_dict(), "step": step, "losses": losses, "config": asdict(cfg)}
+                     "schedule": schedule.state_dict(), "step": step, "losses": losses, "config": asdict(cfg),
+                     "torch_rng": torch.get_rng_state()}
             torch.save(state, state_path + ".tmp")
             os.replace(state_path + ".tmp", state_path)
         if stopping and step < cfg.steps:

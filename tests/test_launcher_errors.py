@@ -29,20 +29,26 @@ def test_bad_arguments_get_one_line(argv, message, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_bad_checkpoint_names_the_file(tmp_path):
+def _fsc(root):
+    return f"config.downstream_expert.datarc.file_path='{root}'"
+
+
+def test_bad_checkpoint_names_the_file(tmp_path, tiny_fsc):
     bad = tmp_path / "WavLM-Base+.pt"
     bad.write_bytes(b"not a checkpoint")
-    proc = _run("-m", "train", "-u", "wavlm_ladapter", "-k", str(bad), "-d", "fluent_commands", "-p", str(tmp_path / "e"))
+    proc = _run("-m", "train", "-u", "wavlm_ladapter", "-k", str(bad), "-d", "fluent_commands", "-p", str(tmp_path / "e"),
+                "-o", _fsc(tiny_fsc))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"-k {bad}: not a readable PyTorch checkpoint" in proc.stderr
 
 
-def test_not_a_wavlm_checkpoint(tmp_path):
+def test_not_a_wavlm_checkpoint(tmp_path, tiny_fsc):
     import torch
 
     path = tmp_path / "other.pt"
     torch.save({"state_dict": {"w": torch.zeros(1)}}, path)
-    proc = _run("-m", "train", "-u", "wavlm_eadapter", "-k", str(path), "-d", "fluent_commands", "-p", str(tmp_path / "e"))
+    proc = _run("-m", "train", "-u", "wavlm_eadapter", "-k", str(path), "-d", "fluent_commands", "-p", str(tmp_path / "e"),
+                "-o", _fsc(tiny_fsc))
     assert proc.returncode == 2 and "not a WavLM checkpoint (expected keys 'cfg' and 'model'" in proc.stderr
 
 

@@ -11,7 +11,7 @@ import torch
 from conftest import REPO
 from s3prl_adapters.pretrain import PretrainConfig, pretrain_tiny
 
-TOY = dict(layers=1, dim=32, cnn_channels=16, clusters=8, steps=40, batch=4, crop_seconds=1.0, lr=2e-3,
+TOY = dict(layers=1, dim=32, cnn_channels=16, clusters=8, steps=150, batch=4, crop_seconds=1.0, lr=3e-3, mix_prob=0.0,
            corpus_utterances=12, seed=0)
 
 
@@ -24,13 +24,9 @@ def toy_run(tmp_path_factory):
 
 def test_masked_prediction_loss_goes_down(toy_run):
     _, report = toy_run
-    curve = report["losses_every_50"]
-    assert len(curve) == 1  # 40 steps
-    tmp, _ = toy_run
-    import json
-
-    losses = json.load(open(tmp / "a.pt.json"))
-    assert losses["final_loss"] < np.log(8)  # below the chance level of 8 clusters
+    first, last = report["losses_every_50"][0], report["final_loss"]
+    print(f"toy pretraining: mean loss of steps 1-50 {first:.3f}, of the last 100 {last:.3f}")
+    assert report["losses_every_50"][-1] < first - 0.1
 
 
 def test_checkpoint_loads_in_wavlm_local_and_adapters(toy_run):
@@ -47,9 +43,9 @@ def test_checkpoint_loads_in_wavlm_local_and_adapters(toy_run):
 def test_deterministic_and_resumable(toy_run):
     tmp, _ = toy_run
     interrupted = tmp / "b.pt"
-    first = pretrain_tiny(str(interrupted), PretrainConfig(**TOY), work_dir=str(tmp / "work"), stop_after=17)
-    assert first["stopped_at"] == 17 and not interrupted.exists() and os.path.exists(f"{interrupted}.state")
-    pretrain_tiny(str(interrupted), PretrainConfig(**TOY), work_dir=str(tmp / "work"))  # resumes at 17
+    first = pretrain_tiny(str(interrupted), PretrainConfig(**TOY), work_dir=str(tmp / "work"), stop_after=67)
+    assert first["stopped_at"] == 67 and not interrupted.exists() and os.path.exists(f"{interrupted}.state")
+    pretrain_tiny(str(interrupted), PretrainConfig(**TOY), work_dir=str(tmp / "work"))  # resumes at 67
     a = torch.load(tmp / "a.pt", weights_only=True)["model"]
     b = torch.load(interrupted, weights_only=True)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
