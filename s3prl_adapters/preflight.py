@@ -37,3 +37,54 @@ def check_corpus(task: str, config: dict) -> None:
             _need(os.path.join(d["file_path"], part, "wav"), f"VoxCeleb1 {part} audio folder", task, "file_path")
         _need(d["dev_meta_data"], "dev trial list (s3prl-adapters prepare-voxceleb1 writes it)", task, "dev_meta_data")
         _need(d["test_meta_data"], "test trial list (the official veri_test2.txt)", task, "test_meta_data")
+    check_listed_audio(task, config)
+
+
+def listed_audio(task: str, config: dict) -> list:
+    """Audio files the recipe's evaluation lists name (absolute paths), in list order."""
+    import csv
+    import json
+
+    d = config["downstream_expert"]["datarc"]
+    if task == "asr":
+        files = []
+        for split in config["runner"].get("eval_dataloaders", []) + ["test-clean"]:
+            for s in d.get(split, []):
+                table = os.path.join(d["bucket_file"], f"{s}.csv")
+                if os.path.isfile(table):
+                    with open(table) as f:
+                        files += [os.path.join(d["libri_root"], row["file_path"]) for row in csv.DictReader(f)]
+        return files
+    if task == "fluent_commands":
+        files = []
+        for split in ("valid", "test"):
+            with open(os.path.join(d["file_path"], "data", f"{split}_data.csv")) as f:
+                files += [os.path.join(d["file_path"], row["path"]) for row in csv.DictReader(f)]
+        return files
+    if task == "emotion":
+        session = str(d.get("test_fold", "fold1")).replace("fold", "Session")
+        with open(os.path.join(d["meta_data"], session, "test_meta_data.json")) as f:
+            return [os.path.join(d["root"], x["path"]) for x in json.load(f)["meta_data"]]
+    if task == "sv_voxceleb1":
+        root = os.path.join(d["file_path"], "test", "wav")
+        with open(d["test_meta_data"]) as f:
+            return sorted({os.path.join(root, p) for line in f if line.strip() for p in line.split()[1:3]})
+    return []
+
+
+def check_listed_audio(task: str, config: dict) -> int:
+    """Every file an evaluation list names exists, decodes, and is 16 kHz mono (ER resamples: any rate)."""
+    import soundfile as sf
+
+    files = listed_audio(task, config)
+    for path in files:
+        if not os.path.isfile(path):
+            raise UserError(f"-d {task}: the test/dev lists name {path}, which does not exist")
+        try:
+            info = sf.info(path)
+        except Exception as e:  # soundfile's error types vary by format
+            raise UserError(f"-d {task}: {path} is not readable audio ({str(e).splitlines()[0]})") from None
+        if info.channels != 1 or (info.samplerate != 16000 and task != "emotion"):
+            raise UserError(f"-d {task}: {path} is {info.samplerate} Hz with {info.channels} channel(s); "
+                            f"the recipe needs 16 kHz mono (convert with: sox IN -r 16000 -c 1 OUT)")
+    return len(files)

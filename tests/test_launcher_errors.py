@@ -64,3 +64,32 @@ def test_missing_corpus_parts_are_named(task, override, message, tiny_ckpt, tmp_
     proc = _run("-m", "train", "-u", "wavlm_ladapter", "-k", tiny_ckpt, "-d", task, "-p", str(tmp_path / "e"), "-o", override)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert message in proc.stderr
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("missing", "which does not exist"),
+    ("corrupt", "is not readable audio"),
+    ("stereo", "is 16000 Hz with 2 channel(s); the recipe needs 16 kHz mono"),
+    ("8k", "is 8000 Hz with 1 channel(s)"),
+])
+def test_bad_test_audio_is_named(damage, message, tiny_ckpt, tiny_fsc, tmp_path):
+    import shutil
+
+    import numpy as np
+    import pandas as pd
+    import soundfile as sf
+
+    root = tmp_path / "fsc"
+    shutil.copytree(tiny_fsc, root)
+    victim = root / pd.read_csv(root / "data" / "test_data.csv")["path"][0]
+    if damage == "missing":
+        victim.unlink()
+    elif damage == "corrupt":
+        victim.write_bytes(b"RIFF\x00\x00garbage")
+    else:
+        sf.write(victim, np.zeros((8000, 2) if damage == "stereo" else 4000, dtype="float32"),
+                 16000 if damage == "stereo" else 8000)
+    proc = _run("-m", "train", "-u", "wavlm_ladapter", "-k", tiny_ckpt, "-d", "fluent_commands", "-p", str(tmp_path / "e"),
+                "-o", _fsc(root))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert str(victim) in proc.stderr and message in proc.stderr

@@ -28,10 +28,10 @@ def _majority(task, root):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task, margin", [("fluent_commands", 3.0), ("emotion", 1.3)])
-def test_adapters_beat_the_majority_baseline(task, margin, mini_corpus, tmp_path, capsys):
+@pytest.mark.parametrize("task, margin, eval_step", [("fluent_commands", 3.0, 300), ("emotion", 1.3, 100)])
+def test_adapters_beat_the_majority_baseline(task, margin, eval_step, mini_corpus, tmp_path, capsys):
     expdir = tmp_path / "exp"
-    steps = "config.runner.total_steps=300,,config.runner.eval_step=300,,config.runner.save_step=300"
+    steps = f"config.runner.total_steps=300,,config.runner.eval_step={eval_step},,config.runner.save_step=300"
     train = subprocess.run([tool("run_downstream.py"), "-m", "train", "-u", "wavlm_ladapter", "-k", BACKBONE, "-g", G,
                             "-d", task, "-c", os.path.join(REPO, "downstream_configs", task, "mini.yaml"),
                             "-p", str(expdir), "--seed", "1337", "-o", f"{corpus_overrides(task, mini_corpus)},,{steps}"],
