@@ -93,19 +93,14 @@ def _checkpoint_to_evaluate(expdir: str) -> str:
     return os.path.join(expdir, states[-1])
 
 
-def _load(path):
-    import argparse as _argparse
-
-    import torch
-
-    torch.serialization.add_safe_globals([_argparse.Namespace])
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def checkpoint_facts(ckpt_path: str, backbone: str) -> dict:
     """Parameter counts from what the run's checkpoint holds (the optimizer state says what trained)."""
-    ckpt = _load(ckpt_path)
-    backbone_state = _load(backbone)["model"]
+    from .backbone import read_checkpoint
+    from .compat import s3prl_checkpoints_fail_weights_only_load
+
+    s3prl_checkpoints_fail_weights_only_load()  # S3PRL checkpoints hold an argparse.Namespace
+    ckpt = read_checkpoint(ckpt_path, what="checkpoint")
+    backbone_state = read_checkpoint(backbone)["model"]
     numel = lambda tensors: sum(t.numel() for t in tensors)  # noqa: E731
     head = numel(v for k, v in ckpt["Downstream"].items()
                  if v.is_floating_point() and not k.endswith(("best_score", "running_mean", "running_var")))
@@ -324,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full-configs", action="store_true", help="downstream_configs/<task>/config.yaml instead of mini.yaml")
     p.add_argument("-o", "--output", default="benchmark_results")
     p.add_argument("--mini-root", help="stand-in corpora folder (generated if missing)")
-    p.add_argument("--librispeech", help="real LibriSpeech root");
+    p.add_argument("--librispeech", help="real LibriSpeech root")
     p.add_argument("--librispeech-buckets", help="its len_for_bucket folder (default ROOT/len_for_bucket)")
     p.add_argument("--fsc", help="real Fluent Speech Commands root")
     p.add_argument("--iemocap", help="real IEMOCAP root")

@@ -109,7 +109,7 @@ def _check_type(key, value):
         return value
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if expected is int and isinstance(value, bool) or not isinstance(value, expected):
+    if (expected is int and isinstance(value, bool)) or not isinstance(value, expected):
         raise UserError(f"adapter config: '{key}' must be {expected.__name__}, got {type(value).__name__} {value!r}")
     if expected is list and not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
         raise UserError(f"adapter config: '{key}' must be a list of layer indices (ints), got {value!r}")

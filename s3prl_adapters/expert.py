@@ -111,8 +111,7 @@ class AdapterWavLMExpert(nn.Module):
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Load an adapter-only state; a full stock-upstream state (from `-f`) loads too."""
-        own = {n: p for n, p in self.named_parameters() if n in set(self._trainable_names)}
-        missing = sorted(set(own) - set(state_dict))
+        missing = sorted(set(self._trainable_names) - set(state_dict))
         if missing and strict:
             unexpected = sorted(set(state_dict) - set(dict(super().state_dict())))
             raise UserError(

@@ -157,8 +157,10 @@ def _er_jobs(out, size, rng, work, separation: float = 1.0) -> Tuple[List[Job], 
             n = 0
             for text in sentences:
                 for emo, (mean, _) in EMOTIONS.items():
-                    p, r, rate, vol = (m * (separation if i != 2 else 1) + (rng.normal(0, s) if i != 2 else 0)
-                                       for i, (m, s) in enumerate(zip(mean, EMOTION_SPREAD)))
+                    # class means scaled by `separation` (rate around 100 %), plus per-utterance spread
+                    p = mean[0] * separation + rng.normal(0, EMOTION_SPREAD[0])
+                    r = mean[1] * separation + rng.normal(0, EMOTION_SPREAD[1])
+                    vol = mean[3] * separation + rng.normal(0, EMOTION_SPREAD[3])
                     rate = 100 + (mean[2] - 100) * separation + rng.normal(0, EMOTION_SPREAD[2])
                     utt = f"{dialog}_{gender_letter}{n:03d}"
                     n += 1
