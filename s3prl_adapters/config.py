@@ -3,7 +3,7 @@
 One dataclass per run, built from the method's defaults (method.md) and overridden by the
 optional `-g` YAML of S3PRL's `run_downstream.py`."""
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import List, Optional
 
 import yaml

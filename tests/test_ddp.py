@@ -3,7 +3,6 @@ identical weights on both ranks, every rank exits 0, and a DDP checkpoint resume
 
 import os
 import subprocess
-import sys
 
 import pytest
 import torch

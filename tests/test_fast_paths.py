@@ -2,7 +2,6 @@
 
 import subprocess
 
-import pytest
 import torch
 
 from conftest import tool
