@@ -18,9 +18,9 @@ from typing import Dict, List, Optional
 
 from .data.mini_superb import TASK_DIRS, corpus_overrides, make_mini_superb
 from .errors import UserError
+from .launcher import CONFIG_ROOT
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(REPO, "downstream_configs")
 DEFAULT_BACKBONE = os.path.join(REPO, "s3prl_adapters", "assets", "wavlm_tiny_pretrained.pt")
 
 
@@ -214,7 +214,7 @@ class Benchmark:
         os.makedirs(run.expdir, exist_ok=True)
         self._progress(index, total, run, "start")
         launcher = os.path.join(os.path.dirname(sys.executable), "run_downstream.py")
-        config = os.path.join(CONFIGS, run.task, "config.yaml" if a.full_configs else "mini.yaml")
+        config = os.path.join(CONFIG_ROOT, run.task, "config.yaml" if a.full_configs else "mini.yaml")
         overrides = self.overrides(run.task)
         if run.fold:
             overrides += f",,config.downstream_expert.datarc.test_fold='fold{run.fold}'"
