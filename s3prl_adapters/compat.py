@@ -5,7 +5,8 @@ fails without it (tests/test_compat.py). None edits S3PRL's installed files."""
 
 import argparse
 import os
-from typing import List
+import sys
+from typing import Any, Callable, Dict, List
 
 import torch
 
@@ -125,15 +126,20 @@ def install_task_workarounds(task: str) -> None:
 
 
 class _RunnerTorch:
-    """`torch` as S3PRL's runner module sees it, except that `save` to a path is atomic."""
+    """`torch` as S3PRL's runner module sees it, except that `save` to a path is atomic and that a
+    training checkpoint gets the entries of `checkpoint_extras` (name -> callable) added."""
+
+    checkpoint_extras: Dict[str, Callable[[], Any]] = {}
 
     def __getattr__(self, name):
         return getattr(torch, name)
 
-    @staticmethod
-    def save(obj, f, *args, **kwargs):
+    @classmethod
+    def save(cls, obj, f, *args, **kwargs):
         if not isinstance(f, (str, os.PathLike)):
             return torch.save(obj, f, *args, **kwargs)
+        if isinstance(obj, dict) and "Optimizer" in obj and "Step" in obj:
+            obj = dict(obj, **{name: extra() for name, extra in cls.checkpoint_extras.items()})
         tmp = f"{f}.tmp{os.getpid()}"
         try:
             torch.save(obj, tmp, *args, **kwargs)
@@ -178,6 +184,30 @@ def runner_checkpoints_can_be_lost_on_a_kill() -> None:
     if not isinstance(runner.torch, _RunnerTorch):
         runner.torch = _RunnerTorch()
         runner.os = _RunnerOs()
+
+
+def resume_restarts_the_interrupted_epoch(runner_instance) -> None:
+    """S3PRL resumes `-e states-N.ckpt` at step N but from the first batch of the interrupted
+    epoch, with every RNG freshly seeded, so a killed and resumed run sees other batches and other
+    dropout masks than an uninterrupted one. Store the position inside the epoch and the RNG states
+    with every checkpoint, and on resume replay the epoch up to that batch (`resume.TrainPosition`)."""
+    from .resume import CHECKPOINT_KEY, TrainPosition
+
+    saved = runner_instance.init_ckpt.get(CHECKPOINT_KEY)
+    if runner_instance.init_ckpt.get("Step") and saved is None:
+        print("[s3prl-adapters] this checkpoint holds no train position (written by stock S3PRL?): the "
+              "interrupted epoch restarts from its first batch with fresh RNG states", file=sys.stderr)
+    position = TrainPosition(saved)
+    downstream = runner_instance.downstream.model
+    get_dataloader = downstream.get_dataloader
+    train_split = runner_instance.config["runner"].get("train_dataloader", "train")
+
+    def positioned_get_dataloader(split, *args, **kwargs):
+        loader = get_dataloader(split, *args, **kwargs)
+        return position.wrap(loader) if split == train_split else loader
+
+    downstream.get_dataloader = positioned_get_dataloader
+    _RunnerTorch.checkpoint_extras[CHECKPOINT_KEY] = position.checkpoint_entry
 
 
 def torchrun_sets_only_local_rank(argv: List[str]) -> List[str]:

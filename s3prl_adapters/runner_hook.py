@@ -137,6 +137,7 @@ class AdapterRunner(Runner):
 
     def train(self):
         self._refuse_empty_train_split()
+        compat.resume_restarts_the_interrupted_epoch(self)
         super().train()
         self._note_missing_best_checkpoint()
 
