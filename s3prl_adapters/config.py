@@ -19,6 +19,7 @@ METHODS = {
 }
 
 ACTIVATIONS = ("gelu", "relu")
+AUTOCAST_DTYPES = ("none", "bfloat16", "float16")
 
 
 @dataclass
@@ -56,6 +57,15 @@ class AdapterConfig:
 
     layer_norm_eps: float = 1e-5
     """Epsilon of the LayerNorm inside each adapter."""
+
+    checkpoint_activations: bool = False
+    """Keep only each encoder layer's input during the forward pass and recompute the layer in
+    backward (torch.utils.checkpoint): lower peak memory for methods that train inside the
+    backbone, for one more forward pass through its layers. No effect when nothing inside trains."""
+
+    autocast: str = "none"
+    """Run the backbone and E-adapters under torch.autocast: 'none', 'bfloat16' (CPU or GPU) or
+    'float16' (GPU). Hidden states leave the upstream as float32."""
 
     @property
     def has_l_adapters(self) -> bool:
@@ -104,6 +114,7 @@ def _check_type(key, value):
         "e_adapter_dim": int, "l_adapter_dim": int, "activation": str,
         "e_adapter_layers": list, "l_adapter_layers": list, "attention_adapters": bool,
         "train_layer_norms": bool, "init_std": float, "layer_norm_eps": float,
+        "checkpoint_activations": bool, "autocast": str,
     }[key]
     if value is None and key in ("e_adapter_layers", "l_adapter_layers", "attention_adapters", "train_layer_norms"):
         return value
@@ -132,6 +143,8 @@ def adapter_config_from_dict(method: str, values: dict, source: str = "adapter c
             raise UserError(f"{source}: '{key}' must be >= 1, got {getattr(cfg, key)}")
     if cfg.activation not in ACTIVATIONS:
         raise UserError(f"{source}: 'activation' must be one of {list(ACTIVATIONS)}, got {cfg.activation!r}")
+    if cfg.autocast not in AUTOCAST_DTYPES:
+        raise UserError(f"{source}: 'autocast' must be one of {list(AUTOCAST_DTYPES)}, got {cfg.autocast!r}")
     if not cfg.init_std > 0 or not cfg.layer_norm_eps > 0:
         raise UserError(f"{source}: 'init_std' and 'layer_norm_eps' must be > 0")
     return cfg

@@ -20,7 +20,7 @@ from torch.nn.utils.rnn import pad_sequence
 from .adapters import LayerAdapter
 from .config import AdapterConfig
 from .errors import UserError
-from .surgery import attach_e_adapters, layer_norm_names
+from .surgery import attach_e_adapters, checkpoint_layer_activations, layer_norm_names
 
 
 class AdapterWavLMExpert(nn.Module):
@@ -53,6 +53,8 @@ class AdapterWavLMExpert(nn.Module):
         # Nothing inside the backbone trains (L-only with frozen LNs): run all of it without
         # autograd, so backward stops at the hidden states the L-adapters read.
         self._backbone_trains = any(p.requires_grad for p in self.model.parameters())
+        if cfg.checkpoint_activations and self._backbone_trains:
+            checkpoint_layer_activations(self.model)
 
         self._captured: List[torch.Tensor] = []
         self.model.encoder.layers[0].register_forward_pre_hook(lambda m, args: self._captured.append(args[0]))
@@ -90,12 +92,21 @@ class AdapterWavLMExpert(nn.Module):
         return [layer_input] + layer_outputs[:-1] + [encoder_output]
 
     def forward(self, wavs: List[torch.Tensor]) -> Dict[str, List[torch.Tensor]]:
+        if self.adapter_config.autocast == "none":
+            hidden_states = self._hidden_states(wavs)
+        else:
+            with torch.autocast(wavs[0].device.type, dtype=getattr(torch, self.adapter_config.autocast)):
+                hidden_states = self._hidden_states(wavs)
+            hidden_states = [h.float() for h in hidden_states]
+        return {"hidden_states": hidden_states, "last_hidden_state": hidden_states[-1]}
+
+    def _hidden_states(self, wavs: List[torch.Tensor]) -> List[torch.Tensor]:
         if self.l_adapters:
             _, layer_outputs, _ = self._run_backbone(wavs)
             hidden_states = [self.l_adapters[str(i)](layer_outputs[i]) for i in self.adapter_config.l_adapter_layers]
         else:
             hidden_states = self.backbone_hidden_states(wavs)
-        return {"hidden_states": hidden_states, "last_hidden_state": hidden_states[-1]}
+        return hidden_states
 
     # ---- adapter-only checkpoints -------------------------------------------------------------
     def trainable_parameter_names(self) -> List[str]:

@@ -10,6 +10,7 @@ method names while WavLM's own attention and FFN code runs unchanged."""
 
 from typing import Dict, List
 
+import torch.utils.checkpoint
 from torch import nn
 
 from .adapters import BottleneckAdapter
@@ -55,3 +56,19 @@ def layer_norm_names(wavlm: nn.Module) -> List[str]:
         for i in range(len(wavlm.encoder.layers))
         for ln in ("self_attn_layer_norm", "final_layer_norm")
     ]
+
+
+def checkpoint_layer_activations(wavlm: nn.Module) -> None:
+    """Make every encoder layer keep only its inputs for backward and recompute its activations
+    there. The layer's own `forward` is wrapped (not the module replaced), so parameter names,
+    adapter checkpoints and forward hooks stay as they are; hooks fire once per forward, because the
+    recomputation calls the unhooked method. Dropout masks are replayed (preserve_rng_state)."""
+    for layer in wavlm.encoder.layers:
+        run_layer = type(layer).forward.__get__(layer)
+
+        def forward(*args, _run_layer=run_layer, **kwargs):
+            if not torch.is_grad_enabled():
+                return _run_layer(*args, **kwargs)
+            return torch.utils.checkpoint.checkpoint(_run_layer, *args, use_reentrant=False, **kwargs)
+
+        layer.forward = forward

@@ -1,10 +1,12 @@
 """Fast paths give the same numbers as the slow ones; the bench command runs and prints every row."""
 
+import os
 import subprocess
 
+import pytest
 import torch
 
-from conftest import tool
+from conftest import REPO, tool
 from s3prl_adapters import hubconf
 
 
@@ -35,6 +37,50 @@ def test_frozen_prefix_builds_no_graph(tiny_ckpt):
     layer_input, layer_outputs, _ = expert._run_backbone([torch.randn(16000)])
     assert layer_input.grad_fn is None and not layer_input.requires_grad
     assert layer_outputs[0].requires_grad
+
+
+def _expert_with(tiny_ckpt, tmp_path, upstream="wavlm_ladapter", **settings):
+    import yaml
+
+    path = tmp_path / f"{upstream}-{len(settings)}.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    torch.manual_seed(0)
+    return hubconf.UPSTREAMS[upstream](ckpt=tiny_ckpt, model_config=str(path)).train()
+
+
+def _train_mode_loss_and_grads(expert):
+    torch.manual_seed(5)  # the same dropout masks for both experts
+    return _loss_and_grads(expert, expert._backbone_trains)
+
+
+@pytest.mark.parametrize("upstream", ["wavlm_ladapter", "wavlm_houlsby"])
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(tiny_ckpt, tmp_path, upstream):
+    plain = _expert_with(tiny_ckpt, tmp_path, upstream)
+    recomputed = _expert_with(tiny_ckpt, tmp_path, upstream, checkpoint_activations=True)
+    assert all(isinstance(layer.__dict__.get("forward"), type(lambda: 0)) for layer in recomputed.model.encoder.layers)
+    plain_loss, plain_grads = _train_mode_loss_and_grads(plain)
+    loss, grads = _train_mode_loss_and_grads(recomputed)
+    assert torch.equal(plain_loss, loss)  # train mode: dropout masks replayed in the recomputation
+    assert grads.keys() == plain_grads.keys()
+    for name in grads:
+        assert torch.equal(grads[name], plain_grads[name]), name
+    # Hooks fire once per forward: the recomputation in backward does not add captured states.
+    assert recomputed._captured == []
+    assert list(recomputed.state_dict()) == list(plain.state_dict())  # checkpoints unchanged
+
+
+def test_bfloat16_autocast_stays_close_and_returns_float32(tmp_path):
+    # The pretrained tiny backbone: a random one amplifies rounding errors through its layers.
+    backbone = os.path.join(REPO, "s3prl_adapters", "assets", "wavlm_tiny_pretrained.pt")
+    plain = _expert_with(backbone, tmp_path).eval()
+    bf16 = _expert_with(backbone, tmp_path, autocast="bfloat16").eval()
+    wavs = [0.1 * torch.randn(16000, generator=torch.Generator().manual_seed(1))]
+    with torch.no_grad():
+        want, got = plain(wavs)["hidden_states"], bf16(wavs)["hidden_states"]
+    assert all(h.dtype == torch.float32 for h in got)
+    for w, g in zip(want, got):
+        assert not torch.equal(w, g)  # it really ran in bfloat16 ...
+        assert (w - g).norm() / w.norm() < 0.03  # ... and stays near bfloat16's precision (measured ~0.008)
 
 
 def test_bench_command_prints_every_row():
