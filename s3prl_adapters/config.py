@@ -58,6 +58,11 @@ class AdapterConfig:
     layer_norm_eps: float = 1e-5
     """Epsilon of the LayerNorm inside each adapter."""
 
+    backbone_dropout: Optional[bool] = None
+    """Apply WavLM's own dropout inside the backbone while training. None = method default: off
+    when nothing inside the backbone trains (L-only: the backbone then runs exactly as SUPERB's
+    frozen upstream, in eval mode, which the feature cache needs), on otherwise."""
+
     checkpoint_activations: bool = False
     """Keep only each encoder layer's input during the forward pass and recompute the layer in
     backward (torch.utils.checkpoint): lower peak memory for methods that train inside the
@@ -91,6 +96,8 @@ class AdapterConfig:
             cfg.attention_adapters = cfg.method == "conventional"
         if cfg.train_layer_norms is None:
             cfg.train_layer_norms = cfg.method != "l_only"
+        if cfg.backbone_dropout is None:
+            cfg.backbone_dropout = cfg.has_e_adapters or cfg.train_layer_norms
         for name in ("e_adapter_layers", "l_adapter_layers"):
             bad = [i for i in getattr(cfg, name) if not 0 <= i < num_layers]
             if bad:
@@ -114,9 +121,10 @@ def _check_type(key, value):
         "e_adapter_dim": int, "l_adapter_dim": int, "activation": str,
         "e_adapter_layers": list, "l_adapter_layers": list, "attention_adapters": bool,
         "train_layer_norms": bool, "init_std": float, "layer_norm_eps": float,
-        "checkpoint_activations": bool, "autocast": str,
+        "backbone_dropout": bool, "checkpoint_activations": bool, "autocast": str,
     }[key]
-    if value is None and key in ("e_adapter_layers", "l_adapter_layers", "attention_adapters", "train_layer_norms"):
+    if value is None and key in ("e_adapter_layers", "l_adapter_layers", "attention_adapters", "train_layer_norms",
+                                     "backbone_dropout"):
         return value
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)

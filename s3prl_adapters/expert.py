@@ -20,6 +20,7 @@ from torch.nn.utils.rnn import pad_sequence
 from .adapters import LayerAdapter
 from .config import AdapterConfig
 from .errors import UserError
+from .feature_cache import FeatureCache, FeatureCacheConfig, module_fingerprint
 from .surgery import attach_e_adapters, checkpoint_layer_activations, layer_norm_names
 
 
@@ -56,6 +57,7 @@ class AdapterWavLMExpert(nn.Module):
         if cfg.checkpoint_activations and self._backbone_trains:
             checkpoint_layer_activations(self.model)
 
+        self.feature_cache = None
         self._captured: List[torch.Tensor] = []
         self.model.encoder.layers[0].register_forward_pre_hook(lambda m, args: self._captured.append(args[0]))
         for layer in self.model.encoder.layers:
@@ -63,6 +65,12 @@ class AdapterWavLMExpert(nn.Module):
 
         strides = [s for _, _, s in eval(wavlm.cfg.conv_feature_layers)]  # S3PRL's own format: a Python list literal
         self._downsample_rate = int(torch.tensor(strides).prod())
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if not self.adapter_config.backbone_dropout:
+            self.model.eval()  # adapters inside have no dropout; LayerNorms behave the same
+        return self
 
     # ---- S3PRL upstream interface -------------------------------------------------------------
     def get_downsample_rates(self, key: str) -> int:
@@ -100,10 +108,31 @@ class AdapterWavLMExpert(nn.Module):
             hidden_states = [h.float() for h in hidden_states]
         return {"hidden_states": hidden_states, "last_hidden_state": hidden_states[-1]}
 
+    def use_feature_cache(self, config: FeatureCacheConfig) -> FeatureCache:
+        """Serve the layer outputs the L-adapters read from a FeatureCache (L-only methods)."""
+        if not self.l_adapters or self._backbone_trains or self.adapter_config.backbone_dropout:
+            raise UserError(
+                f"config feature_cache: upstream method '{self.adapter_config.method}' does not run a frozen, "
+                f"deterministic backbone (it needs L-adapters only, train_layer_norms: false, backbone_dropout: false); "
+                f"use wavlm_ladapter_only or stock wavlm_local without -f, or drop the feature_cache section"
+            )
+        layers = self.adapter_config.l_adapter_layers
+        fingerprint = module_fingerprint(self.model, f"layers={layers}", f"autocast={self.adapter_config.autocast}")
+        self.feature_cache = FeatureCache(config, fingerprint, self._downsample_rate)
+        return self.feature_cache
+
+    def _l_adapter_inputs(self, wavs: List[torch.Tensor]) -> List[torch.Tensor]:
+        _, layer_outputs, _ = self._run_backbone(wavs)
+        return [layer_outputs[i] for i in self.adapter_config.l_adapter_layers]
+
     def _hidden_states(self, wavs: List[torch.Tensor]) -> List[torch.Tensor]:
         if self.l_adapters:
-            _, layer_outputs, _ = self._run_backbone(wavs)
-            hidden_states = [self.l_adapters[str(i)](layer_outputs[i]) for i in self.adapter_config.l_adapter_layers]
+            if self.feature_cache is not None:
+                inputs = self.feature_cache.states(wavs, self._l_adapter_inputs)
+            else:
+                inputs = self._l_adapter_inputs(wavs)
+            layers = self.adapter_config.l_adapter_layers
+            hidden_states = [self.l_adapters[str(i)](h) for i, h in zip(layers, inputs)]
         else:
             hidden_states = self.backbone_hidden_states(wavs)
         return hidden_states

@@ -8,7 +8,7 @@ through S3PRL's Runner untouched."""
 
 import sys
 from collections import OrderedDict
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
@@ -17,6 +17,7 @@ from s3prl.downstream.runner import Runner
 
 from . import compat
 from .errors import UserError
+from .feature_cache import CachedUpstream, FeatureCache, FeatureCacheConfig
 from .hubconf import UPSTREAMS
 from .preflight import check_corpus
 
@@ -92,7 +93,32 @@ class AdapterRunner(Runner):
             compat.relative_config_paths_resolve_against_cwd(config, args.config)
         compat.install_task_workarounds(args.downstream)
         check_corpus(args.downstream, config)
+        cache_config = self._feature_cache_config(args, config)
         super().__init__(args, config)
+        self.feature_cache = self._attach_feature_cache(cache_config) if cache_config else None
+
+    @staticmethod
+    def _feature_cache_config(args, config) -> Optional[FeatureCacheConfig]:
+        section = config.get("feature_cache")
+        if section is None or section is False:
+            return None
+        cache_config = FeatureCacheConfig.from_config(section)
+        if args.upstream not in UPSTREAMS and args.upstream_trainable:
+            raise UserError(f"config feature_cache: -f trains upstream {args.upstream}, so its states change every "
+                            f"step; drop -f (frozen weighted sum) or the feature_cache section")
+        return cache_config
+
+    def _attach_feature_cache(self, cache_config: FeatureCacheConfig) -> FeatureCache:
+        """After the Featurizer has probed the upstream, so its random probe is not cached."""
+        upstream = _unwrap(self.upstream.model)
+        if self.uses_adapter_upstream:
+            cache = upstream.use_feature_cache(cache_config)
+        else:
+            self.upstream.model = CachedUpstream(upstream, cache_config)
+            cache = self.upstream.model.cache
+        print(f"[s3prl-adapters] feature cache: {cache.folder or 'memory only'} "
+              f"(memory {cache_config.max_memory_mb:g} MB, disk {cache_config.max_disk_mb:g} MB)", file=sys.stderr)
+        return cache
 
     @property
     def uses_adapter_upstream(self) -> bool:
@@ -139,6 +165,9 @@ class AdapterRunner(Runner):
         self._refuse_empty_train_split()
         compat.resume_restarts_the_interrupted_epoch(self)
         super().train()
+        if self.feature_cache is not None:
+            print(f"[s3prl-adapters] feature cache: {self.feature_cache.hits} hits, {self.feature_cache.misses} misses",
+                  file=sys.stderr)
         self._note_missing_best_checkpoint()
 
     def _refuse_empty_train_split(self):

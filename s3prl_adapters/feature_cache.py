@@ -1,0 +1,179 @@
+"""Opt-in cache of frozen-backbone hidden states, so that epochs after the first skip the backbone.
+
+Only for methods whose backbone is entirely frozen and deterministic: stock `wavlm_local` without
+`-f` (the frozen weighted sum) and `wavlm_ladapter_only` (the L-adapters read cached layer outputs).
+Enabled by a `feature_cache:` section of the downstream config, e.g. `-o config.feature_cache.dir=PATH`.
+
+Entries are per utterance, keyed by a hash of the backbone's weights (plus what else changes its
+output: which states, autocast dtype) and of the waveform's samples, so a changed backbone or
+changed audio never hits a stale entry. States are stored as float16, trimmed to the frames
+S3PRL's Featurizer keeps (round(samples / downsample rate)). A miss is computed in a batch of the
+missing utterances and returned at full precision, so a first epoch is unchanged; later epochs
+see the float16 copies. Note that WavLM's CNN normalises over the padded batch, so an
+utterance's states depend slightly on its batch-mates; the cache keeps those of the batch it was
+first seen in."""
+
+import hashlib
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, fields
+from typing import Callable, List, Optional
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pad_sequence
+
+from .errors import UserError
+
+
+@dataclass
+class FeatureCacheConfig:
+    """The `feature_cache:` section of a downstream config."""
+
+    dir: Optional[str] = None
+    """Folder for the on-disk tier (one sub-folder per backbone fingerprint); None = memory only."""
+
+    max_memory_mb: float = 2048.0
+    """Memory tier bound; least recently used entries leave memory first (they stay on disk)."""
+
+    max_disk_mb: float = 20480.0
+    """Disk tier bound; once reached, new entries stay in memory only (nothing is deleted)."""
+
+    @classmethod
+    def from_config(cls, section) -> "FeatureCacheConfig":
+        if section is True or section == {}:
+            return cls()
+        if not isinstance(section, dict):
+            raise UserError(f"config feature_cache: expected a mapping such as {{dir: PATH}}, got {section!r}")
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(section) - set(valid))
+        if unknown:
+            raise UserError(f"config feature_cache: unknown key(s) {unknown}; valid keys: {valid}")
+        cfg = cls(**section)
+        for name in ("max_memory_mb", "max_disk_mb"):
+            value = getattr(cfg, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise UserError(f"config feature_cache: '{name}' must be a number >= 0, got {value!r}")
+        if cfg.dir is not None and not isinstance(cfg.dir, str):
+            raise UserError(f"config feature_cache: 'dir' must be a path, got {cfg.dir!r}")
+        return cfg
+
+
+def module_fingerprint(module: nn.Module, *extra: str) -> str:
+    """Hash of every parameter and buffer (names, shapes, values) plus `extra` settings."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+        h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    for value in extra:
+        h.update(value.encode())
+    return h.hexdigest()
+
+
+def waveform_key(wav: torch.Tensor) -> str:
+    return hashlib.blake2b(wav.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest()
+
+
+def _nbytes(states: List[torch.Tensor]) -> int:
+    return sum(s.numel() * s.element_size() for s in states)
+
+
+class FeatureCache:
+    """Per-utterance float16 states: a bounded LRU in memory over a bounded folder on disk."""
+
+    def __init__(self, config: FeatureCacheConfig, fingerprint: str, downsample_rate: int):
+        self.config = config
+        self.fingerprint = fingerprint
+        self.downsample_rate = downsample_rate
+        self._memory: "OrderedDict[str, List[torch.Tensor]]" = OrderedDict()
+        self._memory_bytes = 0
+        self.folder = os.path.join(config.dir, fingerprint) if config.dir else None
+        self._disk_bytes = 0
+        if self.folder:
+            os.makedirs(self.folder, exist_ok=True)
+            self._disk_bytes = sum(e.stat().st_size for e in os.scandir(self.folder) if e.name.endswith(".pt"))
+        self.hits = self.misses = 0
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.folder, key + ".pt")
+
+    def get(self, key: str) -> Optional[List[torch.Tensor]]:
+        states = self._memory.get(key)
+        if states is not None:
+            self._memory.move_to_end(key)
+            return states
+        if self.folder and os.path.exists(self._path(key)):
+            try:
+                states = torch.load(self._path(key), map_location="cpu", weights_only=True)
+            except Exception:  # a damaged entry is a miss; it is rewritten
+                return None
+            self._remember(key, states)
+            return states
+        return None
+
+    def put(self, key: str, states: List[torch.Tensor]) -> None:
+        states = [s.detach().to("cpu", torch.float16).contiguous() for s in states]
+        self._remember(key, states)
+        if self.folder and self._disk_bytes + _nbytes(states) <= self.config.max_disk_mb * 2**20:
+            path, tmp = self._path(key), self._path(key) + f".tmp{os.getpid()}"
+            torch.save(states, tmp)
+            os.replace(tmp, path)  # readers never see a half-written entry
+            self._disk_bytes += os.path.getsize(path)
+
+    def _remember(self, key: str, states: List[torch.Tensor]) -> None:
+        if key in self._memory:
+            return
+        self._memory[key] = states
+        self._memory_bytes += _nbytes(states)
+        while self._memory_bytes > self.config.max_memory_mb * 2**20 and self._memory:
+            _, evicted = self._memory.popitem(last=False)
+            self._memory_bytes -= _nbytes(evicted)
+
+    def states(self, wavs: List[torch.Tensor],
+               compute: Callable[[List[torch.Tensor]], List[torch.Tensor]]) -> List[torch.Tensor]:
+        """`compute(wavs)` -> padded (B, T, C) states, served from the cache where possible."""
+        keys = [waveform_key(w) for w in wavs]
+        cached = [self.get(k) for k in keys]
+        missing = [i for i, c in enumerate(cached) if c is None]
+        self.hits += len(wavs) - len(missing)
+        self.misses += len(missing)
+        if len(missing) == len(wavs):
+            computed = compute(wavs)
+            self._store(keys, wavs, computed)
+            return computed
+        dtype = torch.float32
+        if missing:
+            computed = compute([wavs[i] for i in missing])
+            dtype = computed[0].dtype
+            for i, states in zip(missing, self._store([keys[i] for i in missing], [wavs[i] for i in missing], computed)):
+                cached[i] = states
+        device = wavs[0].device
+        return [pad_sequence([c[n].to(device, dtype) for c in cached], batch_first=True) for n in range(len(cached[0]))]
+
+    def _store(self, keys, wavs, computed) -> List[List[torch.Tensor]]:
+        """Store row b of every padded state, trimmed to the frames the Featurizer keeps."""
+        rows = []
+        for b, (key, wav) in enumerate(zip(keys, wavs)):
+            frames = min(computed[0].size(1), round(len(wav) / self.downsample_rate))
+            rows.append([s[b, :frames] for s in computed])
+            self.put(key, rows[-1])
+        return rows
+
+
+class CachedUpstream(nn.Module):
+    """A frozen S3PRL upstream (run by the runner under no_grad, in eval mode) behind the cache."""
+
+    def __init__(self, upstream: nn.Module, config: FeatureCacheConfig):
+        super().__init__()
+        self.upstream = upstream
+        rate = upstream.get_downsample_rates("hidden_states")
+        self.cache = FeatureCache(config, module_fingerprint(upstream, type(upstream).__module__), rate)
+
+    def get_downsample_rates(self, key: str) -> int:
+        return self.upstream.get_downsample_rates(key)
+
+    def forward(self, wavs: List[torch.Tensor]):
+        if self.training or torch.is_grad_enabled():
+            raise RuntimeError("the feature cache serves a frozen upstream only (eval mode, no_grad)")
+        hidden_states = self.cache.states(wavs, lambda w: list(self.upstream(w)["hidden_states"]))
+        return {"hidden_states": hidden_states, "last_hidden_state": hidden_states[-1]}
