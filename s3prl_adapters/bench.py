@@ -2,7 +2,9 @@
 adapter upstreams against stock S3PRL `wavlm_local` fine-tuned and frozen, measured in one run.
 
 Each method runs in a child process of its own, so its peak RSS is its own (ru_maxrss of the
-child); on CUDA the peak is torch.cuda.max_memory_allocated. A training step is what S3PRL's
+child); on CUDA the peak is torch.cuda.max_memory_allocated. '+MB' is the peak above what the
+child held before building the model (Python, torch and S3PRL imports: ~0.7 GB RSS here), i.e. what
+the method itself costs. A training step is what S3PRL's
 runner does: upstream (under no_grad when frozen) -> S3PRL Featurizer -> a SUPERB-style head
 (projector 256, mean pooling, linear) -> backward -> Adam step over what trains."""
 
@@ -15,13 +17,22 @@ import sys
 import tempfile
 import time
 
-ROWS = [  # (name, upstream, stock -f)
-    ("finetune", "wavlm_local", True),
-    ("frozen", "wavlm_local", False),
-    ("houlsby", "wavlm_houlsby", False),
-    ("eadapter", "wavlm_eadapter", False),
-    ("ladapter_only", "wavlm_ladapter_only", False),
-    ("ladapter", "wavlm_ladapter", False),
+ROWS = [  # (name, upstream, stock -f, adapter settings (-g) or the feature cache)
+    ("finetune", "wavlm_local", True, {}),
+    ("frozen", "wavlm_local", False, {}),
+    ("houlsby", "wavlm_houlsby", False, {}),
+    ("eadapter", "wavlm_eadapter", False, {}),
+    ("ladapter_only", "wavlm_ladapter_only", False, {}),
+    ("ladapter", "wavlm_ladapter", False, {}),
+    # The switches of issue 5: activation checkpointing, bf16 autocast, and the feature cache
+    # (steps after the warm-up read the backbone's states from memory).
+    ("eadapter+ckpt", "wavlm_eadapter", False, {"checkpoint_activations": True}),
+    ("ladapter+ckpt", "wavlm_ladapter", False, {"checkpoint_activations": True}),
+    ("ladapter+bf16", "wavlm_ladapter", False, {"autocast": "bfloat16"}),
+    ("ladapter+ckpt+bf16", "wavlm_ladapter", False, {"checkpoint_activations": True, "autocast": "bfloat16"}),
+    ("ladapter_only+bf16", "wavlm_ladapter_only", False, {"autocast": "bfloat16"}),
+    ("frozen+cache", "wavlm_local", False, {"feature_cache": True}),
+    ("ladapter_only+cache", "wavlm_ladapter_only", False, {"feature_cache": True}),
 ]
 
 
@@ -32,25 +43,38 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def measure_one(name, upstream, finetune, ckpt, batch, seconds, steps, warmup, device) -> dict:
+def measure_one(name, upstream, finetune, settings, ckpt, batch, seconds, steps, warmup, device) -> dict:
     import torch
+    import yaml
     from torch import nn
 
     from s3prl.upstream.interfaces import Featurizer
 
     from . import hubconf
     from .expert import AdapterWavLMExpert
+    from .feature_cache import CachedUpstream, FeatureCacheConfig
 
+    settings = dict(settings)
+    cached = settings.pop("feature_cache", False)
+    baseline_mb = _peak_memory_mb(device)  # the process before any model: Python, torch, S3PRL imports
     torch.manual_seed(0)
     if upstream == "wavlm_local":
         from s3prl.upstream.wavlm.hubconf import wavlm_local
 
         model = wavlm_local(ckpt).to(device)
     else:
-        model = hubconf.UPSTREAMS[upstream](ckpt=ckpt).to(device)
+        with tempfile.TemporaryDirectory() as d:
+            model_config = os.path.join(d, "adapters.yaml")
+            with open(model_config, "w") as f:
+                yaml.safe_dump(settings, f)
+            model = hubconf.UPSTREAMS[upstream](ckpt=ckpt, model_config=model_config).to(device)
     adapters = isinstance(model, AdapterWavLMExpert)
     trains_upstream = finetune or adapters
     featurizer = Featurizer(model, upstream_device=device).to(device)
+    if cached and adapters:
+        model.use_feature_cache(FeatureCacheConfig())
+    elif cached:
+        model = CachedUpstream(model, FeatureCacheConfig())
     head = nn.Sequential(nn.Linear(featurizer.output_dim, 256), nn.ReLU()).to(device)
     classifier = nn.Linear(256, 24).to(device)
     params = [p for m in (featurizer, head, classifier) for p in m.parameters()]
@@ -96,19 +120,30 @@ def measure_one(name, upstream, finetune, ckpt, batch, seconds, steps, warmup, d
         torch.save(model.state_dict() if trains_upstream else {}, path)
         ckpt_bytes = os.path.getsize(path)
     result = {
-        "method": name, "upstream": upstream + (" -f" if finetune else ""),
+        "method": name, "upstream": upstream + (" -f" if finetune else ""), "settings": dict(settings, **(
+            {"feature_cache": True} if cached else {})),
         "step_seconds": statistics.median(times), "inference_seconds": statistics.median(infer),
         "trainable_params": sum(p.numel() for p in params) - sum(p.numel() for m in (head, classifier) for p in m.parameters()),
         "upstream_checkpoint_bytes": ckpt_bytes,
     }
-    if device.startswith("cuda"):
-        result["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    result["baseline_memory_mb"] = baseline_mb
+    result["peak_memory_mb"] = _peak_memory_mb(device)
     return result
+
+
+def _peak_memory_mb(device) -> float:
+    import resource
+
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_bench(ckpt, batch, seconds, steps, warmup, device, rows=ROWS) -> list:
     results = []
-    for name, upstream, finetune in rows:
+    for name, upstream, finetune, _ in rows:
         cmd = [sys.executable, "-m", "s3prl_adapters.bench", "--child", name, "--checkpoint", ckpt, "--batch", str(batch),
                "--seconds", str(seconds), "--steps", str(steps), "--warmup", str(warmup), "--device", device,
                "--threads", os.environ.get("OMP_NUM_THREADS", "1")]
@@ -123,17 +158,18 @@ def run_bench(ckpt, batch, seconds, steps, warmup, device, rows=ROWS) -> list:
 
 
 def _child_main(args):
-    import resource
-
     import torch
 
     torch.set_num_threads(args.threads)
-    name, upstream, finetune = next(r for r in ROWS if r[0] == args.child)
-    result = measure_one(name, upstream, finetune, args.checkpoint, args.batch, args.seconds, args.steps, args.warmup,
-                         args.device)
-    if "peak_memory_mb" not in result:
-        result["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    name, upstream, finetune, settings = next(r for r in ROWS if r[0] == args.child)
+    result = measure_one(name, upstream, finetune, settings, args.checkpoint, args.batch, args.seconds, args.steps,
+                         args.warmup, args.device)
     print(json.dumps(result))
+
+
+def _added(result) -> float:
+    """Peak memory above the process's own before the model was built (RSS on CPU)."""
+    return result["peak_memory_mb"] - result.get("baseline_memory_mb", 0.0)
 
 
 def format_table(results, meta) -> str:
@@ -142,13 +178,15 @@ def format_table(results, meta) -> str:
     lines = [
         f"{meta['shape']}, batch {meta['batch']} x {meta['seconds']} s, device {meta['device']}, "
         f"{meta['threads']} thread(s), median of {meta['steps']} steps after {meta['warmup']} warm-up",
-        f"{'method':14s} {'step s':>8s} {'x FT':>6s} {'peak MB':>9s} {'x FT':>6s} {'infer s':>8s} {'x frozen':>9s} "
+        f"{'method':20s} {'step s':>8s} {'x FT':>6s} {'peak MB':>9s} {'x FT':>6s} {'+MB':>7s} {'x FT':>6s} "
+        f"{'infer s':>8s} {'x frozen':>9s} "
         f"{'ckpt MB':>8s} {'x FT':>6s} {'trainable':>12s}",
     ]
     for r in results:
         lines.append(
-            f"{r['method']:14s} {r['step_seconds']:8.3f} {r['step_seconds'] / ft['step_seconds']:6.2f} "
+            f"{r['method']:20s} {r['step_seconds']:8.3f} {r['step_seconds'] / ft['step_seconds']:6.2f} "
             f"{r['peak_memory_mb']:9.0f} {r['peak_memory_mb'] / ft['peak_memory_mb']:6.2f} "
+            f"{_added(r):7.0f} {_added(r) / _added(ft):6.2f} "
             f"{r['inference_seconds']:8.3f} {r['inference_seconds'] / frozen['inference_seconds']:9.2f} "
             f"{r['upstream_checkpoint_bytes'] / 1e6:8.2f} {r['upstream_checkpoint_bytes'] / ft['upstream_checkpoint_bytes']:6.3f} "
             f"{r['trainable_params']:12,d}")
@@ -165,6 +203,8 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--methods", nargs="+", choices=[r[0] for r in ROWS], help="rows to measure (default: all; "
+                   "finetune and frozen are always measured, as the ratios' denominators)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -182,7 +222,9 @@ def main(argv=None):
 
             ckpt = os.path.join(d, "wavlm.pt")
             save_checkpoint(build_wavlm(BASE_PLUS_CFG, seed=0), ckpt) if args.shape == "base_plus" else make_tiny_wavlm(ckpt)
-        results = run_bench(ckpt, args.batch, args.seconds, args.steps, args.warmup, args.device)
+        wanted = {"finetune", "frozen"} | set(args.methods or [r[0] for r in ROWS])
+        results = run_bench(ckpt, args.batch, args.seconds, args.steps, args.warmup, args.device,
+                            [r for r in ROWS if r[0] in wanted])
     meta = {"shape": args.checkpoint or args.shape, "batch": args.batch, "seconds": args.seconds, "device": args.device,
             "threads": args.threads, "steps": args.steps, "warmup": args.warmup}
     print(json.dumps({"meta": meta, "results": results}, indent=1) if args.json else format_table(results, meta))

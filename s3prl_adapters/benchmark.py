@@ -42,6 +42,10 @@ METHODS = {m.name: m for m in [
 ]}
 
 
+# Methods whose backbone is frozen and deterministic, so --feature-cache applies to them.
+CACHEABLE = ("frozen", "ladapter_only")
+
+
 @dataclass(frozen=True)
 class Task:
     name: str
@@ -227,6 +231,8 @@ class Benchmark:
             train.append("-f")
         if method.upstream != "wavlm_local" and self.adapter_yaml:
             train += ["-g", self.adapter_yaml]
+        if a.feature_cache and method.name in CACHEABLE:
+            train[train.index("-o") + 1] += f",,config.feature_cache.dir='{os.path.abspath(a.feature_cache)}'"
         env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
         stream = a.jobs == 1
         trained = _run_logged(train, os.path.join(run.expdir, "train.log"), stream, env)
@@ -315,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--er-folds", nargs="+", type=int, default=[1], help="emotion folds; 1 2 3 4 5 for SUPERB's protocol")
     p.add_argument("--backbone", help="WavLM checkpoint (e.g. WavLM-Base+.pt); default: the embedded tiny pretrained one")
     p.add_argument("--adapter-config", help="-g YAML for the adapter upstreams (default: paper sizes, scaled to the width)")
+    p.add_argument("--feature-cache", metavar="DIR", help=f"cache backbone states in DIR for {list(CACHEABLE)} "
+                   "(config feature_cache; later epochs skip the backbone)")
     p.add_argument("--steps", type=int, help="override every run's total_steps (eval and save at the end)")
     p.add_argument("--full-configs", action="store_true", help="downstream_configs/<task>/config.yaml instead of mini.yaml")
     p.add_argument("-o", "--output", default="benchmark_results")
