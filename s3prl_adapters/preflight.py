@@ -72,14 +72,63 @@ def listed_audio(task: str, config: dict) -> list:
     return []
 
 
+def training_audio(task: str, config: dict) -> list:
+    """Audio files the recipe trains on (absolute paths)."""
+    import csv
+    import json
+
+    d = config["downstream_expert"]["datarc"]
+    if task == "asr":
+        files = []
+        for s in d.get("train", []):
+            with open(os.path.join(d["bucket_file"], f"{s}.csv")) as f:
+                files += [os.path.join(d["libri_root"], row["file_path"]) for row in csv.DictReader(f)]
+        return files
+    if task == "fluent_commands":
+        with open(os.path.join(d["file_path"], "data", "train_data.csv")) as f:
+            return [os.path.join(d["file_path"], row["path"]) for row in csv.DictReader(f)]
+    if task == "emotion":
+        session = str(d.get("test_fold", "fold1")).replace("fold", "Session")
+        with open(os.path.join(d["meta_data"], session, "train_meta_data.json")) as f:
+            return [os.path.join(d["root"], x["path"]) for x in json.load(f)["meta_data"]]
+    if task == "sv_voxceleb1":  # the recipe trains on every wav under dev/wav
+        root = os.path.join(d["file_path"], "dev", "wav")
+        return sorted(os.path.join(r, f) for r, _, fs in os.walk(root) for f in fs if f.endswith(".wav"))
+    return []
+
+
+def _checked_stamp(task: str, files: list) -> str:
+    """Where a passed check of exactly these files (paths, sizes, mtimes) is remembered."""
+    import hashlib
+
+    from .compat import cache_root
+
+    h = hashlib.sha1(task.encode())
+    for path in files:
+        st = os.stat(path)
+        h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return os.path.join(cache_root(), "audio_checks", h.hexdigest())
+
+
 def check_listed_audio(task: str, config: dict) -> int:
-    """Every file an evaluation list names exists, decodes, and is 16 kHz mono (ER resamples: any rate)."""
+    """Every file the recipe's train and evaluation lists name exists, decodes, and is 16 kHz mono
+    (ER resamples: any rate). Headers only; a passed check is remembered until a file changes."""
     import soundfile as sf
 
     files = listed_audio(task, config)
+    lists = "the test/dev lists"
     for path in files:
         if not os.path.isfile(path):
-            raise UserError(f"-d {task}: the test/dev lists name {path}, which does not exist")
+            raise UserError(f"-d {task}: {lists} name {path}, which does not exist")
+    train = training_audio(task, config)
+    for path in train:
+        if not os.path.isfile(path):
+            raise UserError(f"-d {task}: the train list names {path}, which does not exist")
+    files = list(dict.fromkeys(files + train))
+    stamp = _checked_stamp(task, files)
+    if os.path.exists(stamp):
+        return len(files)
+    for path in files:
         try:
             info = sf.info(path)
         except Exception as e:  # soundfile's error types vary by format
@@ -87,4 +136,6 @@ def check_listed_audio(task: str, config: dict) -> int:
         if info.channels != 1 or (info.samplerate != 16000 and task != "emotion"):
             raise UserError(f"-d {task}: {path} is {info.samplerate} Hz with {info.channels} channel(s); "
                             f"the recipe needs 16 kHz mono (convert with: sox IN -r 16000 -c 1 OUT)")
+    os.makedirs(os.path.dirname(stamp), exist_ok=True)
+    open(stamp, "w").close()
     return len(files)

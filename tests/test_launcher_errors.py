@@ -1,5 +1,6 @@
 """Expected mistakes end in one line naming the culprit, exit code 2, and no traceback."""
 
+import os
 import subprocess
 
 import pytest
@@ -72,7 +73,8 @@ def test_missing_corpus_parts_are_named(task, override, message, tiny_ckpt, tmp_
     ("stereo", "is 16000 Hz with 2 channel(s); the recipe needs 16 kHz mono"),
     ("8k", "is 8000 Hz with 1 channel(s)"),
 ])
-def test_bad_test_audio_is_named(damage, message, tiny_ckpt, tiny_fsc, tmp_path):
+@pytest.mark.parametrize("split", ["test", "train"])
+def test_bad_audio_is_named(split, damage, message, tiny_ckpt, tiny_fsc, tmp_path):
     import shutil
 
     import numpy as np
@@ -81,7 +83,7 @@ def test_bad_test_audio_is_named(damage, message, tiny_ckpt, tiny_fsc, tmp_path)
 
     root = tmp_path / "fsc"
     shutil.copytree(tiny_fsc, root)
-    victim = root / pd.read_csv(root / "data" / "test_data.csv")["path"][0]
+    victim = root / pd.read_csv(root / "data" / f"{split}_data.csv")["path"][0]
     if damage == "missing":
         victim.unlink()
     elif damage == "corrupt":
@@ -93,3 +95,23 @@ def test_bad_test_audio_is_named(damage, message, tiny_ckpt, tiny_fsc, tmp_path)
                 "-o", _fsc(root))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert str(victim) in proc.stderr and message in proc.stderr
+
+
+def test_a_passed_audio_check_is_remembered_until_a_file_changes(tiny_fsc, tmp_path, monkeypatch):
+    import shutil
+
+    import pandas as pd
+
+    from s3prl_adapters.errors import UserError
+    from s3prl_adapters.preflight import check_listed_audio
+
+    monkeypatch.setenv("S3PRL_ADAPTERS_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "fsc"
+    shutil.copytree(tiny_fsc, root)
+    config = {"downstream_expert": {"datarc": {"file_path": str(root)}}, "runner": {}}
+    assert check_listed_audio("fluent_commands", config) == 16 + 4 + 4
+    assert len(os.listdir(tmp_path / "cache" / "audio_checks")) == 1
+    victim = root / pd.read_csv(root / "data" / "train_data.csv")["path"][3]
+    victim.write_bytes(b"RIFF\x00\x00garbage")  # new size and mtime: the stamp no longer applies
+    with pytest.raises(UserError, match=f"{victim} is not readable audio"):
+        check_listed_audio("fluent_commands", config)
