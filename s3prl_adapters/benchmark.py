@@ -223,8 +223,9 @@ class Benchmark:
         if run.fold:
             overrides += f",,config.downstream_expert.datarc.test_fold='fold{run.fold}'"
         if a.steps:
+            # A checkpoint halfway, so an interrupted run resumes from there.
             overrides += (f",,config.runner.total_steps={a.steps},,config.runner.eval_step={a.steps},,"
-                          f"config.runner.save_step={a.steps},,config.runner.log_step={max(1, a.steps // 2)}")
+                          f"config.runner.save_step={max(1, a.steps // 2)},,config.runner.log_step={max(1, a.steps // 2)}")
         train = [launcher, "-m", "train", "-u", method.upstream, "-k", self.backbone_path, "-d", run.task,
                  "-c", config, "-p", run.expdir, "--seed", str(run.seed), "-a", "--device", a.device, "-o", overrides]
         if method.finetune:
@@ -323,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter-config", help="-g YAML for the adapter upstreams (default: paper sizes, scaled to the width)")
     p.add_argument("--feature-cache", metavar="DIR", help=f"cache backbone states in DIR for {list(CACHEABLE)} "
                    "(config feature_cache; later epochs skip the backbone)")
-    p.add_argument("--steps", type=int, help="override every run's total_steps (eval and save at the end)")
+    p.add_argument("--steps", type=int, help="override every run's total_steps (save halfway and at the end, "
+                   "evaluate at the end)")
     p.add_argument("--full-configs", action="store_true", help="downstream_configs/<task>/config.yaml instead of mini.yaml")
     p.add_argument("-o", "--output", default="benchmark_results")
     p.add_argument("--mini-root", help="stand-in corpora folder (generated if missing)")

@@ -93,3 +93,48 @@ def test_submission_rejects_bad_predictions(smoke, tmp_path, mutate, message):
     with pytest.raises(UserError, match=message):
         build_submission(str(tmp_path / "p.zip"), er={1: str(exp)})
     assert not (tmp_path / "p.zip").exists()
+
+
+def test_a_killed_benchmark_resumes_bit_identically(tiny_ckpt, mini_corpus, tmp_path):
+    """SIGKILL the whole benchmark (it and its run_downstream.py child) once the run's halfway
+    checkpoint exists; the rerun resumes that run from it and ends where an uninterrupted one does."""
+    import glob
+    import signal
+    import time
+
+    import torch
+
+    from s3prl_adapters.compat import s3prl_checkpoints_fail_weights_only_load
+
+    def cmd(out):
+        return ["bash", os.path.join(REPO, "run_benchmarks.sh"), "--tasks", "fluent_commands", "--methods", "ladapter",
+                "--steps", "8", "--mini-root", mini_corpus, "--backbone", tiny_ckpt, "-o", str(out), "--jobs", "1"]
+
+    reference = subprocess.run(cmd(tmp_path / "reference"), capture_output=True, text=True, timeout=600)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while not glob.glob(str(out / "runs" / "*" / "*" / "*" / "states-4.ckpt")):
+        assert proc.poll() is None and time.time() < deadline, "the benchmark ended before its halfway checkpoint"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not glob.glob(str(out / "runs" / "*" / "*" / "*" / "result.json"))
+
+    resumed = subprocess.run(cmd(out), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    train_log = glob.glob(str(out / "runs" / "*" / "*" / "*" / "train.log"))[0]
+    assert "Loading Upstream weights from the previous experiment" in open(train_log).read()
+
+    s3prl_checkpoints_fail_weights_only_load()
+    final = [torch.load(glob.glob(str(root / "runs" / "*" / "*" / "*" / "states-8.ckpt"))[0], weights_only=True)
+             for root in (tmp_path / "reference", out)]
+    for part in ("Upstream", "Featurizer", "Downstream"):
+        assert final[0][part].keys() == final[1][part].keys()
+        for key in final[0][part]:
+            assert torch.equal(final[0][part][key], final[1][part][key]), f"{part}.{key}"
+    results = [json.load(open(glob.glob(str(root / "runs" / "*" / "*" / "*" / "result.json"))[0]))
+               for root in (tmp_path / "reference", out)]
+    assert results[0]["metric_value"] == results[1]["metric_value"]
