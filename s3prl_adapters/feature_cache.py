@@ -37,7 +37,9 @@ class FeatureCacheConfig:
     """Memory tier bound; least recently used entries leave memory first (they stay on disk)."""
 
     max_disk_mb: float = 20480.0
-    """Disk tier bound; once reached, new entries stay in memory only (nothing is deleted)."""
+    """Bound of everything under `dir` (all backbones), as counted when a run starts plus what it
+    writes; once reached, new entries stay in memory only (nothing is deleted). Runs sharing the
+    folder at the same time each count only their own writes."""
 
     @classmethod
     def from_config(cls, section) -> "FeatureCacheConfig":
@@ -91,7 +93,8 @@ class FeatureCache:
         self._disk_bytes = 0
         if self.folder:
             os.makedirs(self.folder, exist_ok=True)
-            self._disk_bytes = sum(e.stat().st_size for e in os.scandir(self.folder) if e.name.endswith(".pt"))
+            self._disk_bytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(config.dir)
+                                   for f in files if f.endswith(".pt"))
         self.hits = self.misses = 0
 
     def _path(self, key: str) -> str:

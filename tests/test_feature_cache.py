@@ -90,14 +90,18 @@ def test_cache_bounds(tmp_path):
     states = [torch.zeros(50, 64)]  # 6,400 bytes as float16
     torch.save([states[0].half()], tmp_path / "probe.pt")
     file_bytes = os.path.getsize(tmp_path / "probe.pt")
-    cache = FeatureCache(FeatureCacheConfig(dir=str(tmp_path), max_memory_mb=20_000 / 2**20,
+    cache = FeatureCache(FeatureCacheConfig(dir=str(tmp_path / "cache"), max_memory_mb=20_000 / 2**20,
                                             max_disk_mb=2.5 * file_bytes / 2**20), "fp", 320)
     for key in "abcd":
         cache.put(key, states)
     assert list(cache._memory) == ["b", "c", "d"]  # 20,000 bytes hold three: the least recently used left
-    on_disk = sorted(os.listdir(tmp_path / "fp"))
+    on_disk = sorted(os.listdir(tmp_path / "cache" / "fp"))
     assert on_disk == ["a.pt", "b.pt"]  # the disk bound stops new files; nothing is deleted
     assert cache.get("a") is not None and cache.get("d") is not None and cache.get("e") is None
+    # The bound covers the whole folder (every backbone): a second backbone starts full.
+    other = FeatureCache(FeatureCacheConfig(dir=str(tmp_path / "cache"), max_disk_mb=2.5 * file_bytes / 2**20), "fp2", 320)
+    other.put("x", states)
+    assert os.listdir(tmp_path / "cache" / "fp2") == []
 
 
 def test_cache_config_refusals(tiny_ckpt):
