@@ -69,8 +69,9 @@ class AdapterConfig:
     backbone, for one more forward pass through its layers. No effect when nothing inside trains."""
 
     autocast: str = "none"
-    """Run the backbone and E-adapters under torch.autocast: 'none', 'bfloat16' (CPU or GPU) or
-    'float16' (GPU). Hidden states leave the upstream as float32."""
+    """Run the upstream (encoder layers, E- and L-adapters; WavLM's CNN stays float32) under
+    torch.autocast: 'none', 'bfloat16' (CPU or GPU) or 'float16' (GPU). Hidden states leave the
+    upstream as float32."""
 
     @property
     def has_l_adapters(self) -> bool:
