@@ -45,12 +45,12 @@ def _sync(device):
 
 def measure_one(name, upstream, finetune, settings, ckpt, batch, seconds, steps, warmup, device) -> dict:
     import torch
-    import yaml
     from torch import nn
 
     from s3prl.upstream.interfaces import Featurizer
 
-    from . import hubconf
+    from .backbone import load_wavlm
+    from .config import METHODS, adapter_config_from_dict
     from .expert import AdapterWavLMExpert
     from .feature_cache import CachedUpstream, FeatureCacheConfig
 
@@ -62,12 +62,9 @@ def measure_one(name, upstream, finetune, settings, ckpt, batch, seconds, steps,
         from s3prl.upstream.wavlm.hubconf import wavlm_local
 
         model = wavlm_local(ckpt).to(device)
-    else:
-        with tempfile.TemporaryDirectory() as d:
-            model_config = os.path.join(d, "adapters.yaml")
-            with open(model_config, "w") as f:
-                yaml.safe_dump(settings, f)
-            model = hubconf.UPSTREAMS[upstream](ckpt=ckpt, model_config=model_config).to(device)
+    else:  # what hubconf builds from -k and a -g YAML holding `settings`
+        config = adapter_config_from_dict(METHODS[upstream], settings, source=f"bench row {name}")
+        model = AdapterWavLMExpert(load_wavlm(ckpt), config).to(device)
     adapters = isinstance(model, AdapterWavLMExpert)
     trains_upstream = finetune or adapters
     featurizer = Featurizer(model, upstream_device=device).to(device)

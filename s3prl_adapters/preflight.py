@@ -40,31 +40,43 @@ def check_corpus(task: str, config: dict) -> None:
     check_listed_audio(task, config)
 
 
-def listed_audio(task: str, config: dict) -> list:
-    """Audio files the recipe's evaluation lists name (absolute paths), in list order."""
+def _bucket_files(d: dict, splits) -> list:
     import csv
+
+    files = []
+    for split in splits:
+        table = os.path.join(d["bucket_file"], f"{split}.csv")
+        if os.path.isfile(table):  # a missing bucket CSV is check_corpus's to name
+            with open(table) as f:
+                files += [os.path.join(d["libri_root"], row["file_path"]) for row in csv.DictReader(f)]
+    return files
+
+
+def _fsc_files(d: dict, split: str) -> list:
+    import csv
+
+    with open(os.path.join(d["file_path"], "data", f"{split}_data.csv")) as f:
+        return [os.path.join(d["file_path"], row["path"]) for row in csv.DictReader(f)]
+
+
+def _iemocap_files(d: dict, part: str) -> list:
     import json
 
+    session = str(d.get("test_fold", "fold1")).replace("fold", "Session")
+    with open(os.path.join(d["meta_data"], session, f"{part}_meta_data.json")) as f:
+        return [os.path.join(d["root"], x["path"]) for x in json.load(f)["meta_data"]]
+
+
+def listed_audio(task: str, config: dict) -> list:
+    """Audio files the recipe's evaluation lists name (absolute paths), in list order."""
     d = config["downstream_expert"]["datarc"]
     if task == "asr":
-        files = []
-        for split in config["runner"].get("eval_dataloaders", []) + ["test-clean"]:
-            for s in d.get(split, []):
-                table = os.path.join(d["bucket_file"], f"{s}.csv")
-                if os.path.isfile(table):
-                    with open(table) as f:
-                        files += [os.path.join(d["libri_root"], row["file_path"]) for row in csv.DictReader(f)]
-        return files
+        splits = config["runner"].get("eval_dataloaders", []) + ["test-clean"]
+        return _bucket_files(d, [s for split in splits for s in d.get(split, [])])
     if task == "fluent_commands":
-        files = []
-        for split in ("valid", "test"):
-            with open(os.path.join(d["file_path"], "data", f"{split}_data.csv")) as f:
-                files += [os.path.join(d["file_path"], row["path"]) for row in csv.DictReader(f)]
-        return files
+        return _fsc_files(d, "valid") + _fsc_files(d, "test")
     if task == "emotion":
-        session = str(d.get("test_fold", "fold1")).replace("fold", "Session")
-        with open(os.path.join(d["meta_data"], session, "test_meta_data.json")) as f:
-            return [os.path.join(d["root"], x["path"]) for x in json.load(f)["meta_data"]]
+        return _iemocap_files(d, "test")
     if task == "sv_voxceleb1":
         root = os.path.join(d["file_path"], "test", "wav")
         with open(d["test_meta_data"]) as f:
@@ -74,61 +86,44 @@ def listed_audio(task: str, config: dict) -> list:
 
 def training_audio(task: str, config: dict) -> list:
     """Audio files the recipe trains on (absolute paths)."""
-    import csv
-    import json
-
     d = config["downstream_expert"]["datarc"]
     if task == "asr":
-        files = []
-        for s in d.get("train", []):
-            with open(os.path.join(d["bucket_file"], f"{s}.csv")) as f:
-                files += [os.path.join(d["libri_root"], row["file_path"]) for row in csv.DictReader(f)]
-        return files
+        return _bucket_files(d, d.get("train", []))
     if task == "fluent_commands":
-        with open(os.path.join(d["file_path"], "data", "train_data.csv")) as f:
-            return [os.path.join(d["file_path"], row["path"]) for row in csv.DictReader(f)]
+        return _fsc_files(d, "train")
     if task == "emotion":
-        session = str(d.get("test_fold", "fold1")).replace("fold", "Session")
-        with open(os.path.join(d["meta_data"], session, "train_meta_data.json")) as f:
-            return [os.path.join(d["root"], x["path"]) for x in json.load(f)["meta_data"]]
+        return _iemocap_files(d, "train")
     if task == "sv_voxceleb1":  # the recipe trains on every wav under dev/wav
         root = os.path.join(d["file_path"], "dev", "wav")
         return sorted(os.path.join(r, f) for r, _, fs in os.walk(root) for f in fs if f.endswith(".wav"))
     return []
 
 
-def _checked_stamp(task: str, files: list) -> str:
-    """Where a passed check of exactly these files (paths, sizes, mtimes) is remembered."""
+def check_listed_audio(task: str, config: dict) -> int:
+    """Every file the recipe's train and evaluation lists name exists, decodes, and is 16 kHz mono
+    (ER resamples: any rate). Headers only; a passed check of exactly these files (paths, sizes,
+    mtimes) is remembered until one of them changes."""
     import hashlib
+
+    import soundfile as sf
 
     from .compat import cache_root
 
-    h = hashlib.sha1(task.encode())
-    for path in files:
+    named = {}  # path -> which list names it (evaluation lists first)
+    for source, files in (("the test/dev lists name", listed_audio(task, config)),
+                          ("the train list names", training_audio(task, config))):
+        for path in files:
+            named.setdefault(path, source)
+    digest = hashlib.sha1(task.encode())
+    for path, source in named.items():
+        if not os.path.isfile(path):
+            raise UserError(f"-d {task}: {source} {path}, which does not exist")
         st = os.stat(path)
-        h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    return os.path.join(cache_root(), "audio_checks", h.hexdigest())
-
-
-def check_listed_audio(task: str, config: dict) -> int:
-    """Every file the recipe's train and evaluation lists name exists, decodes, and is 16 kHz mono
-    (ER resamples: any rate). Headers only; a passed check is remembered until a file changes."""
-    import soundfile as sf
-
-    files = listed_audio(task, config)
-    lists = "the test/dev lists"
-    for path in files:
-        if not os.path.isfile(path):
-            raise UserError(f"-d {task}: {lists} name {path}, which does not exist")
-    train = training_audio(task, config)
-    for path in train:
-        if not os.path.isfile(path):
-            raise UserError(f"-d {task}: the train list names {path}, which does not exist")
-    files = list(dict.fromkeys(files + train))
-    stamp = _checked_stamp(task, files)
+        digest.update(f"{path}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    stamp = os.path.join(cache_root(), "audio_checks", digest.hexdigest())
     if os.path.exists(stamp):
-        return len(files)
-    for path in files:
+        return len(named)
+    for path in named:
         try:
             info = sf.info(path)
         except Exception as e:  # soundfile's error types vary by format
@@ -138,4 +133,4 @@ def check_listed_audio(task: str, config: dict) -> int:
                             f"the recipe needs 16 kHz mono (convert with: sox IN -r 16000 -c 1 OUT)")
     os.makedirs(os.path.dirname(stamp), exist_ok=True)
     open(stamp, "w").close()
-    return len(files)
+    return len(named)
