@@ -147,12 +147,18 @@ class _RunnerTorch:
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
-        _RunnerOs.flush_deferred_removals()
+        if _is_states_checkpoint(f):  # not after dev-best.ckpt, which S3PRL writes first in the same step
+            _RunnerOs.flush_deferred_removals()
+
+
+def _is_states_checkpoint(path) -> bool:
+    name = os.path.basename(str(path))
+    return name.startswith("states-") and name.endswith(".ckpt")
 
 
 class _RunnerOs:
     """`os` as S3PRL's runner sees it, except that removing an old `states-*.ckpt` waits until the
-    next checkpoint has been written."""
+    next `states-*.ckpt` has been written."""
 
     _deferred: List[str] = []
 
@@ -161,7 +167,7 @@ class _RunnerOs:
 
     @classmethod
     def remove(cls, path):
-        if os.path.basename(str(path)).startswith("states-") and str(path).endswith(".ckpt"):
+        if _is_states_checkpoint(path):
             cls._deferred.append(str(path))
         else:
             os.remove(path)
@@ -178,7 +184,9 @@ def runner_checkpoints_can_be_lost_on_a_kill() -> None:
     """S3PRL's runner writes checkpoints with a plain `torch.save` (a kill mid-write leaves a
     truncated file under the final name) and, with `max_keep`, deletes the previous `states-*.ckpt`
     *before* writing the new one (a kill in between leaves none). Give the runner module an atomic
-    save (temp file + rename) and make it delete old checkpoints only after the new one exists."""
+    save (temp file + rename) and make it delete an old `states-*.ckpt` only after the new
+    `states-*.ckpt` exists: in a step that also writes `dev-best.ckpt` (saved first), a kill between
+    the two saves must still leave a `states-*.ckpt` to resume from."""
     from s3prl.downstream import runner
 
     if not isinstance(runner.torch, _RunnerTorch):

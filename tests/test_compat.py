@@ -135,3 +135,48 @@ def test_crafted_experiment_checkpoint_is_refused_before_unpickling(tmp_path):
                           timeout=120)
     assert proc.returncode == 2 and "pwned" not in proc.stdout
     assert f"-e {evil}: refused to unpickle" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# Every dev evaluation is made a new best (so the step also writes dev-best.ckpt), and the process
+# is SIGKILLed right after the step-4 dev-best.ckpt, before S3PRL writes states-4.ckpt.
+_KILL_BETWEEN_SAVES = """
+import os, signal, sys
+from s3prl_adapters import compat, launcher
+from s3prl.downstream.fluent_commands.expert import DownstreamExpert
+real_log_records = DownstreamExpert.log_records
+def log_records(self, mode, *args, **kwargs):
+    self.best_score.fill_(-1.0)
+    return real_log_records(self, mode, *args, **kwargs)
+DownstreamExpert.log_records = log_records
+real_save = compat._RunnerTorch.save.__func__
+def save(cls, obj, f, *args, **kwargs):
+    real_save(cls, obj, f, *args, **kwargs)
+    if os.path.basename(str(f)) == "dev-best.ckpt" and isinstance(obj, dict) and obj.get("Step") == 4:
+        os.kill(os.getpid(), signal.SIGKILL)
+compat._RunnerTorch.save = classmethod(save)
+launcher.main(sys.argv[1:])
+"""
+
+
+def test_a_kill_between_dev_best_and_states_leaves_a_states_checkpoint(tiny_ckpt, tiny_fsc, tmp_path):
+    import os
+
+    script = tmp_path / "killing_launcher.py"
+    script.write_text(_KILL_BETWEEN_SAVES)
+    expdir = tmp_path / "exp"
+    overrides = ("config.runner.total_steps=6,,config.runner.log_step=2,,config.runner.eval_step=2,,"
+                 "config.runner.save_step=2,,config.runner.max_keep=1,,config.runner.eval_dataloaders=['dev'],,"
+                 f"config.downstream_expert.datarc.num_workers=0,,config.downstream_expert.datarc.file_path='{tiny_fsc}'")
+    train = ["-m", "train", "-u", "wavlm_ladapter", "-k", tiny_ckpt, "-d", "fluent_commands", "-p", str(expdir),
+             "-o", overrides]
+    killed = subprocess.run([sys.executable, str(script)] + train, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (expdir / "dev-best.ckpt").exists()
+    survivors = sorted(p.name for p in expdir.glob("states-*.ckpt"))
+    assert survivors == ["states-2.ckpt"], survivors  # states-4 never written; states-2 must not be gone
+
+    resumed = subprocess.run([tool("run_downstream.py"), "-m", "train", "-e", str(expdir / "states-2.ckpt")],
+                             capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert sorted(p.name for p in expdir.glob("states-*.ckpt")) == ["states-6.ckpt"]
