@@ -2,6 +2,7 @@
 
 Every load here is weights-only and lands on CPU; failures become one-line `UserError`s."""
 
+import ast
 import os
 import pickle
 import zipfile
@@ -49,6 +50,92 @@ def tiny_cfg(layers: int = 3, dim: int = 48, heads: int = 4) -> dict:
         conv_pos_groups=4,
     )
     return cfg
+
+
+# WavLMConfig fields that S3PRL's WavLM passes to `eval()` (WavLM.__init__: `eval(cfg.conv_feature_layers)`):
+# a checkpoint whose string is any other Python expression would run it on load.
+EVALUATED_CFG_FIELDS = ("conv_feature_layers",)
+_MAX_SPEC_ITEMS = 4096  # bounds `[...] * n` so that a crafted spec cannot exhaust memory either
+
+
+def parse_layer_spec(text: str):
+    """The value of a `conv_feature_layers`-style string, read without `eval`: list/tuple literals of
+    numbers, `+` and `*` between them, nothing else (ValueError otherwise)."""
+    if not isinstance(text, str):
+        raise ValueError(f"expected a string, got {type(text).__name__}")
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError:
+        raise ValueError("not a Python literal") from None
+
+    def value(node):
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            return node.value
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            operand = value(node.operand)
+            if not isinstance(operand, (int, float)):
+                raise ValueError("'-' applies to numbers only")
+            return -operand
+        if isinstance(node, (ast.List, ast.Tuple)):
+            items = [value(e) for e in node.elts]
+            return items if isinstance(node, ast.List) else tuple(items)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
+            left, right = value(node.left), value(node.right)
+            if isinstance(node.op, ast.Mult) and isinstance(left, int) and isinstance(right, (list, tuple)):
+                left, right = right, left
+            if isinstance(node.op, ast.Mult) and isinstance(left, (list, tuple)):
+                if not isinstance(right, int) or len(left) * max(right, 0) > _MAX_SPEC_ITEMS:
+                    raise ValueError("a sequence may only be repeated a small whole number of times")
+            elif isinstance(node.op, ast.Add) and isinstance(left, (list, tuple)) != isinstance(right, (list, tuple)):
+                raise ValueError("'+' joins two sequences or two numbers")
+            result = left + right if isinstance(node.op, ast.Add) else left * right
+            if isinstance(result, (list, tuple)) and len(result) > _MAX_SPEC_ITEMS:
+                raise ValueError("sequence too long")
+            return result
+        raise ValueError(f"'{ast.unparse(node)[:40]}' is not a number, list or tuple")
+
+    return value(tree.body)
+
+
+def conv_layers(cfg) -> list:
+    """[(dim, kernel, stride), ...] of a WavLM cfg (dict or WavLMConfig), read without `eval`."""
+    text = cfg["conv_feature_layers"] if isinstance(cfg, dict) else cfg.conv_feature_layers
+    layers = parse_layer_spec(text)
+    if not isinstance(layers, list) or not layers or not all(
+            isinstance(layer, tuple) and len(layer) == 3 and all(isinstance(v, int) and v > 0 for v in layer)
+            for layer in layers):
+        raise ValueError("expected a non-empty list of (dim, kernel, stride) tuples of positive ints")
+    return layers
+
+
+def check_evaluated_fields(cfg: dict, source: str) -> None:
+    """Refuse a cfg whose fields that S3PRL `eval()`s are anything but plain literals (see parse_layer_spec)."""
+    for field in EVALUATED_CFG_FIELDS:
+        if field not in cfg:
+            continue
+        try:
+            if field == "conv_feature_layers":
+                conv_layers(cfg)
+            else:
+                parse_layer_spec(cfg[field])
+        except ValueError as e:
+            raise UserError(
+                f"{source}: cfg field '{field}' refused: S3PRL would eval() it, and it is not a plain literal "
+                f"of numbers, lists and tuples ({e}): {str(cfg[field])[:60]!r}"
+            ) from None
+
+
+def check_wavlm_checkpoint_file(path: str, what: str = "-k") -> None:
+    """For a stock S3PRL WavLM upstream (which loads `-k` itself): refuse its cfg before S3PRL evals it.
+    Memory-mapped, so the tensors are not read."""
+    if not os.path.isfile(path):
+        return  # S3PRL / the caller names a missing file
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        ckpt = read_checkpoint(path, what)  # one-line error for unreadable or code-carrying files
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("cfg"), dict):
+        check_evaluated_fields(ckpt["cfg"], f"{what} {path}")
 
 
 def build_wavlm(cfg: dict, seed: Optional[int] = None) -> WavLM:
@@ -111,6 +198,7 @@ def load_wavlm(path: str) -> WavLM:
         )
     if not isinstance(ckpt["cfg"], dict):
         raise UserError(f"-k {path}: 'cfg' is a {type(ckpt['cfg']).__name__}, expected a dict of WavLMConfig fields")
+    check_evaluated_fields(ckpt["cfg"], f"-k {path}")
     try:
         model = WavLM(WavLMConfig(ckpt["cfg"]))
     except Exception as e:  # the cfg decides every shape; a broken one fails in WavLM's constructor

@@ -61,7 +61,7 @@ def measure_one(name, upstream, finetune, settings, ckpt, batch, seconds, steps,
     if upstream == "wavlm_local":
         from s3prl.upstream.wavlm.hubconf import wavlm_local
 
-        model = wavlm_local(ckpt).to(device)
+        model = wavlm_local(ckpt).to(device)  # its cfg was checked by main() before any child started
     else:  # what hubconf builds from -k and a -g YAML holding `settings`
         config = adapter_config_from_dict(METHODS[upstream], settings, source=f"bench row {name}")
         model = AdapterWavLMExpert(load_wavlm(ckpt), config).to(device)
@@ -211,6 +211,15 @@ def main(argv=None):
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.child:
         return _child_main(args)
+    if args.checkpoint:
+        from .backbone import check_wavlm_checkpoint_file
+        from .errors import UserError
+
+        try:  # before any child loads it: S3PRL's WavLM eval()s a string of its cfg
+            check_wavlm_checkpoint_file(args.checkpoint, "--checkpoint")
+        except UserError as e:
+            print(f"s3prl-adapters bench: error: {e}", file=sys.stderr)
+            sys.exit(2)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     with tempfile.TemporaryDirectory() as d:
         ckpt = args.checkpoint

@@ -9,6 +9,7 @@ as stock `wavlm_local` (input of layer 0, outputs of layers 0..L-2, encoder outp
 The module's `state_dict` holds only what trains, so S3PRL's checkpoints stay adapter-sized;
 `load_state_dict` accepts exactly that set and names the culprit when it does not fit."""
 
+import math
 from contextlib import nullcontext
 from typing import Dict, List
 
@@ -18,6 +19,7 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
 from .adapters import LayerAdapter
+from .backbone import conv_layers
 from .config import AdapterConfig
 from .errors import UserError
 from .feature_cache import FeatureCache, FeatureCacheConfig, module_fingerprint
@@ -66,8 +68,7 @@ class AdapterWavLMExpert(nn.Module):
         if cfg.autocast != "none":
             self._prepare_for_autocast()
 
-        strides = [s for _, _, s in eval(wavlm.cfg.conv_feature_layers)]  # S3PRL's own format: a Python list literal
-        self._downsample_rate = int(torch.tensor(strides).prod())
+        self._downsample_rate = math.prod(stride for _, _, stride in conv_layers(wavlm.cfg))
 
     def _prepare_for_autocast(self) -> None:
         """Two measured fixes for bf16 autocast on CPU (torch 2.8, Base+ shape, 1 thread):

@@ -16,6 +16,9 @@ from .errors import UserError
 def _cfg_from_hf(hf: dict) -> dict:
     if hf.get("model_type") not in (None, "wavlm"):
         raise UserError(f"config.json: model_type '{hf.get('model_type')}' is not a WavLM")
+    for key in ("conv_dim", "conv_kernel", "conv_stride"):
+        if not isinstance(hf.get(key), list) or not all(type(v) is int and v > 0 for v in hf[key]):
+            raise UserError(f"config.json: '{key}' must be a list of positive ints, got {str(hf.get(key))[:60]}")
     layers = list(zip(hf["conv_dim"], hf["conv_kernel"], hf["conv_stride"]))
     return {
         "extractor_mode": "layer_norm" if hf.get("feat_extract_norm") == "layer" else "default",

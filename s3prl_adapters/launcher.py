@@ -48,6 +48,15 @@ def _replace_value(argv: List[str], flags, value: str) -> List[str]:
     return out
 
 
+def _check_backbone_file(upstream: Optional[str], ckpt: Optional[str], what: str) -> None:
+    """S3PRL's WavLM `eval()`s a string of the checkpoint's cfg; refuse anything but a literal before it
+    loads (adapter upstreams check again when they load; stock `wavlm_local` loads `-k` itself)."""
+    if upstream and upstream.startswith("wavlm") and ckpt and os.path.isfile(os.path.expanduser(ckpt)):
+        from .backbone import check_wavlm_checkpoint_file
+
+        check_wavlm_checkpoint_file(os.path.expanduser(ckpt), what)
+
+
 def prepare_argv(argv: List[str]) -> List[str]:
     """Validate what S3PRL would only fail on later, and fill the defaults it gets wrong."""
     from s3prl import hub
@@ -65,6 +74,9 @@ def prepare_argv(argv: List[str]) -> List[str]:
             ckpt = read_checkpoint(args.past_exp, what="-e")
             if not isinstance(ckpt, dict) or "Args" not in ckpt:
                 raise UserError(f"-e {args.past_exp}: not an S3PRL experiment checkpoint (no 'Args')")
+            past = ckpt["Args"]
+            _check_backbone_file(getattr(past, "upstream", None), getattr(past, "upstream_ckpt", None),
+                                 f"-e {args.past_exp}: its -k")
         return compat.device_defaults_to_cuda(argv)
     if args.upstream is not None and not hasattr(hub, args.upstream):
         close = difflib.get_close_matches(args.upstream, [n for n in dir(hub) if not n.startswith("_")], n=5)
@@ -90,6 +102,7 @@ def prepare_argv(argv: List[str]) -> List[str]:
             argv = argv + ["-c", str(config)]
     if args.config is not None and not os.path.isfile(args.config):
         raise UserError(f"-c {args.config}: no such config file")
+    _check_backbone_file(args.upstream, args.upstream_ckpt, "-k")
     if args.upstream_ckpt is not None and not args.upstream_ckpt.startswith(("http://", "https://")):
         # -e reuses -k from the checkpoint: store it absolute so resuming works from any directory.
         argv = _replace_value(argv, ("-k", "--upstream_ckpt"), os.path.abspath(os.path.expanduser(args.upstream_ckpt)))
