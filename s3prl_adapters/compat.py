@@ -50,9 +50,25 @@ def relative_config_paths_resolve_against_cwd(config: dict, config_path: str) ->
     return config
 
 
+class cuda_calls_go_to:
+    """Within this context `tensor.cuda()` moves the tensor to `device` instead of the current CUDA device."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __enter__(self):
+        self._real_cuda = torch.Tensor.cuda
+        device = self.device
+        torch.Tensor.cuda = lambda tensor, *args, **kwargs: tensor.to(device)
+
+    def __exit__(self, *exc):
+        torch.Tensor.cuda = self._real_cuda
+
+
 def sv_expert_hardcodes_cuda() -> None:
-    """The ASV expert calls `.cuda()` on its attention mask in forward, so `-d sv_voxceleb1` cannot
-    run on CPU. While that forward runs on a non-CUDA device, `.cuda()` moves to that device."""
+    """The ASV expert calls `.cuda()` on its attention mask in forward: on CPU `-d sv_voxceleb1`
+    cannot run, and with `--device cuda:1` (no torchrun) the mask lands on the current CUDA device,
+    cuda:0, beside features on cuda:1. While that forward runs, `.cuda()` goes to the features' device."""
     from s3prl.downstream.sv_voxceleb1 import expert
 
     cls = expert.DownstreamExpert
@@ -61,15 +77,8 @@ def sv_expert_hardcodes_cuda() -> None:
     original = cls.forward
 
     def forward(self, mode, features, *args, **kwargs):
-        device = features[0].device
-        if device.type == "cuda":
+        with cuda_calls_go_to(features[0].device):
             return original(self, mode, features, *args, **kwargs)
-        real_cuda = torch.Tensor.cuda
-        torch.Tensor.cuda = lambda tensor, *a, **k: tensor.to(device)
-        try:
-            return original(self, mode, features, *args, **kwargs)
-        finally:
-            torch.Tensor.cuda = real_cuda
 
     forward._s3prl_adapters_patch = True
     cls.forward = forward

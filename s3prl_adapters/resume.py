@@ -10,6 +10,7 @@ are loaded but not trained on) and then restores the RNG states of the moment of
 Installed on the runner by `compat.resume_restarts_the_interrupted_epoch`."""
 
 import random
+import sys
 from typing import Optional
 
 import numpy as np
@@ -34,14 +35,30 @@ def capture_rng() -> dict:
     return state
 
 
+_noted_gpu_count_change = False
+
+
 def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    _restore_cuda_rng(state.get("cuda"))
+
+
+def _restore_cuda_rng(saved) -> None:
+    """Per-GPU generator states; a machine with another GPU count gets those that fit (and a note)."""
+    global _noted_gpu_count_change
+    here = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    saved = list(saved or [])
+    for index, gpu_state in enumerate(saved[:here]):
+        torch.cuda.set_rng_state(gpu_state, index)
+    if saved and len(saved) != here and not _noted_gpu_count_change:
+        _noted_gpu_count_change = True
+        print(f"[s3prl-adapters] resume: the checkpoint holds the CUDA RNG states of {len(saved)} GPU(s), this "
+              f"machine has {here}: restored {min(len(saved), here)}; dropout on the others starts afresh",
+              file=sys.stderr)
 
 
 class _PositionedLoader:

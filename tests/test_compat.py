@@ -180,3 +180,29 @@ def test_a_kill_between_dev_best_and_states_leaves_a_states_checkpoint(tiny_ckpt
                              capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert sorted(p.name for p in expdir.glob("states-*.ckpt")) == ["states-6.ckpt"]
+
+
+def test_sv_expert_cuda_calls_follow_the_features_device():
+    """What the ASV workaround installs: `.cuda()` inside the expert's forward lands on the features'
+    device (cuda:1 under --device cuda:1; here, where no GPU may exist, the meta and CPU devices)."""
+    import torch
+
+    from s3prl_adapters.compat import cuda_calls_go_to, sv_expert_hardcodes_cuda
+
+    real = torch.Tensor.cuda
+    for device in (torch.device("meta"), torch.device("cpu")):
+        with cuda_calls_go_to(device):
+            assert torch.ones(2).cuda().device == device
+        assert torch.Tensor.cuda is real
+
+    from s3prl.downstream.sv_voxceleb1.expert import DownstreamExpert
+
+    seen = []
+    original = DownstreamExpert.forward
+    try:
+        DownstreamExpert.forward = lambda self, mode, features, *a, **k: seen.append(torch.zeros(1).cuda().device)
+        sv_expert_hardcodes_cuda()
+        DownstreamExpert.forward(None, "train", [torch.zeros(3, 2, device="meta")])
+    finally:
+        DownstreamExpert.forward = original
+    assert seen == [torch.device("meta")]

@@ -116,3 +116,18 @@ def test_train_position_replays_a_pass_and_refuses_a_changed_split():
     beyond = dict(saved, batches_done=9)
     with pytest.raises(UserError, match="batch 9 of a pass over the train split, which now has only 4 batches"):
         list(TrainPosition(beyond).wrap(_noisy_loader()))
+
+
+def test_rng_of_another_gpu_count_is_restored_as_far_as_it_fits(capsys):
+    from s3prl_adapters import resume
+
+    here = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    state = resume.capture_rng()
+    gpu_state = torch.cuda.get_rng_state(0) if here else torch.zeros(16, dtype=torch.uint8)
+    state["cuda"] = [gpu_state] * 2  # saved on a 2-GPU machine
+    expected = torch.rand(3)
+    resume.restore_rng(state)
+    assert torch.equal(torch.rand(3), expected)  # the CPU generators are back where they were
+    if here != 2:
+        note = capsys.readouterr().err
+        assert f"CUDA RNG states of 2 GPU(s), this machine has {here}: restored {min(2, here)}" in note
