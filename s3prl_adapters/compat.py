@@ -134,11 +134,36 @@ def install_task_workarounds(task: str) -> None:
         workaround()
 
 
+class _RunnerAmp:
+    """`torch.cuda.amp` as S3PRL's runner sees it: while a run trains in fp16, `GradScaler()` is that
+    run's one scaler and `autocast()` follows its policy (mixed_precision.Fp16Training)."""
+
+    training = None
+
+    def __getattr__(self, name):
+        return getattr(torch.cuda.amp, name)
+
+    def GradScaler(self, *args, **kwargs):  # noqa: N802 - the name S3PRL calls
+        return self.training.scaler if self.training else torch.amp.GradScaler("cuda", *args, **kwargs)
+
+    def autocast(self, enabled=True, **kwargs):
+        return self.training.forward_autocast(enabled) if self.training else torch.autocast("cuda", enabled=enabled, **kwargs)
+
+
+class _RunnerCuda:
+    amp = _RunnerAmp()
+
+    def __getattr__(self, name):
+        return getattr(torch.cuda, name)
+
+
 class _RunnerTorch:
-    """`torch` as S3PRL's runner module sees it, except that `save` to a path is atomic and that a
-    training checkpoint gets the entries of `checkpoint_extras` (name -> callable) added."""
+    """`torch` as S3PRL's runner module sees it, except that `save` to a path is atomic, that a
+    training checkpoint gets the entries of `checkpoint_extras` (name -> callable) added, and that
+    `torch.cuda.amp` is `_RunnerAmp`."""
 
     checkpoint_extras: Dict[str, Callable[[], Any]] = {}
+    cuda = _RunnerCuda()
 
     def __getattr__(self, name):
         return getattr(torch, name)
@@ -227,6 +252,35 @@ def resume_restarts_the_interrupted_epoch(runner_instance) -> None:
     _RunnerTorch.checkpoint_extras[CHECKPOINT_KEY] = position.checkpoint_entry
 
 
+def fp16_training_is_unscaled_or_forgets_its_scale(runner_instance, upstream_autocasts_fp16: bool):
+    """S3PRL scales the loss only when `runner.fp16` is set, so an upstream that autocasts to float16
+    by itself (`autocast: float16` in `-g`) trains unscaled and its E-adapter gradients underflow;
+    and it never stores the GradScaler's state, so a resumed fp16 run restarts at scale 65536.
+    Give every fp16 run one `torch.amp.GradScaler` (mixed_precision.Fp16Training), store its state
+    in every checkpoint and restore it from `-e`. For an fp16 upstream alone, S3PRL's fp16 path is
+    switched on for scaling only (`runner.fp16_scaler_only: true`, recorded in the config so that
+    a resumed run keeps the head out of autocast)."""
+    from .mixed_precision import CHECKPOINT_KEY, Fp16Training
+
+    runner_config = runner_instance.config["runner"]
+    scaler_only = bool(runner_config.get("fp16_scaler_only", False))
+    requested = bool(runner_config.get("fp16", False)) and not scaler_only
+    if not (requested or upstream_autocasts_fp16):
+        _RunnerAmp.training = None
+        _RunnerTorch.checkpoint_extras.pop(CHECKPOINT_KEY, None)
+        return None
+    if not requested:
+        runner_config["fp16"] = runner_config["fp16_scaler_only"] = True
+    saved = runner_instance.init_ckpt.get(CHECKPOINT_KEY)
+    if runner_instance.init_ckpt.get("Step") and saved is None:
+        print("[s3prl-adapters] this checkpoint holds no fp16 loss-scaler state: the scale restarts at 65536",
+              file=sys.stderr)
+    training = Fp16Training(runner_instance.args.device, autocast_forward=requested, saved_state=saved)
+    _RunnerAmp.training = training
+    _RunnerTorch.checkpoint_extras[CHECKPOINT_KEY] = training.checkpoint_entry
+    return training
+
+
 def torchrun_sets_only_local_rank(argv: List[str]) -> List[str]:
     """S3PRL enters DDP only when `--local_rank` is passed (torch.distributed.launch's old flag);
     torchrun exports LOCAL_RANK instead, so every rank would train alone. Pass it on."""
@@ -259,7 +313,9 @@ def ddp_assumes_cuda() -> None:
 def non_leader_ranks_never_finish(runner_instance, optimizer) -> None:
     """In DDP only rank 0 advances the runner's 'overall' progress bar, which is also its step
     counter, so the other ranks train until rank 0 exits and then die (gloo: 'Connection closed by
-    peer'; NCCL hangs). On those ranks, advance that counter after every optimizer step."""
+    peer'; NCCL hangs). On those ranks, advance that counter once per update: at the
+    `optimizer.zero_grad()` S3PRL calls after every update, including those whose step was skipped
+    (a NaN gradient norm, or an fp16 overflow that the loss scaler skips)."""
     from torch.distributed import is_initialized
 
     from s3prl.downstream import runner
@@ -277,9 +333,12 @@ def non_leader_ranks_never_finish(runner_instance, optimizer) -> None:
 
     runner.tqdm = tqdm
 
-    def advance(*_):
+    zero_grad = optimizer.zero_grad
+
+    def zero_grad_and_advance(*args, **kwargs):
+        zero_grad(*args, **kwargs)
         bar = getattr(runner_instance, "_overall_bar", None)
         if bar is not None:
             bar.n += 1
 
-    optimizer.register_step_post_hook(advance)
+    optimizer.zero_grad = zero_grad_and_advance

@@ -164,6 +164,11 @@ class AdapterRunner(Runner):
     def train(self):
         self._refuse_empty_train_split()
         compat.resume_restarts_the_interrupted_epoch(self)
+        upstream = _unwrap(self.upstream.model)
+        upstream_fp16 = self.uses_adapter_upstream and upstream.adapter_config.autocast == "float16"
+        if compat.fp16_training_is_unscaled_or_forgets_its_scale(self, upstream_fp16):
+            print("[s3prl-adapters] fp16: loss scaling on (torch.amp.GradScaler, state kept in checkpoints)",
+                  file=sys.stderr)
         super().train()
         if self.feature_cache is not None:
             print(f"[s3prl-adapters] feature cache: {self.feature_cache.hits} hits, {self.feature_cache.misses} misses",
