@@ -31,10 +31,21 @@ def device_defaults_to_cuda(argv: List[str]) -> List[str]:
     return argv + ["--device", "cuda" if torch.cuda.is_available() else "cpu"]
 
 
-def install_runtime_workarounds() -> None:
+def run_device(argv: List[str]) -> str:
+    """The `--device` of an argv that went through device_defaults_to_cuda."""
+    for i, a in enumerate(argv):
+        if a == "--device" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--device="):
+            return a.split("=", 1)[1]
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def install_runtime_workarounds(device: str, ddp_timeout_minutes: float) -> None:
     s3prl_checkpoints_fail_weights_only_load()
     runner_checkpoints_can_be_lost_on_a_kill()
-    ddp_assumes_cuda()
+    ddp_assumes_cuda(device)
+    process_group_timeout_is_too_short_for_evaluation(ddp_timeout_minutes)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -283,21 +294,23 @@ def fp16_training_is_unscaled_or_forgets_its_scale(runner_instance, upstream_aut
 
 def torchrun_sets_only_local_rank(argv: List[str]) -> List[str]:
     """S3PRL enters DDP only when `--local_rank` is passed (torch.distributed.launch's old flag);
-    torchrun exports LOCAL_RANK instead, so every rank would train alone. Pass it on."""
+    torchrun exports LOCAL_RANK instead, so every rank would train alone. Pass it on (and NCCL's
+    default backend becomes gloo when the run's `--device` is the CPU, GPUs present or not)."""
     if "LOCAL_RANK" in os.environ and not _has_flag(argv, "--local_rank"):
         argv = argv + ["--local_rank", os.environ["LOCAL_RANK"]]
-        if not _has_flag(argv, "--backend") and not torch.cuda.is_available():
+        if not _has_flag(argv, "--backend") and torch.device(run_device(argv)).type != "cuda":
             argv += ["--backend", "gloo"]
     return argv
 
 
-def ddp_assumes_cuda() -> None:
+def ddp_assumes_cuda(device: str) -> None:
     """S3PRL's DDP path calls `torch.cuda.set_device(local_rank)` and wraps modules with
-    `device_ids=[local_rank]`, both of which fail for CPU (gloo) training. On a machine without
-    CUDA, make the first a no-op and drop `device_ids` for modules that live on the CPU."""
+    `device_ids=[local_rank]`, both of which fail for CPU (gloo) training (on a machine with one
+    GPU, rank 1's set_device(1) fails even with `--device cpu`). For a CPU run, make the first a
+    no-op and drop `device_ids` for modules that live on the CPU."""
     from s3prl.downstream import runner
 
-    if torch.cuda.is_available() or getattr(runner.DDP, "_s3prl_adapters_patch", False):
+    if torch.device(device).type == "cuda" or getattr(runner.DDP, "_s3prl_adapters_patch", False):
         return
     torch.cuda.set_device = lambda device: None
     real_ddp = runner.DDP
@@ -310,29 +323,84 @@ def ddp_assumes_cuda() -> None:
     runner.DDP = cpu_ddp
 
 
+DDP_TIMEOUT_MINUTES = 180.0
+"""Default process-group timeout: rank 0 evaluates alone while the other ranks wait, and a full
+LibriSpeech dev-clean + dev-other evaluation of WavLM Large with KenLM beam search can take an hour
+or more; torch's own default (NCCL 10 min) would let the watchdog kill the waiting ranks."""
+
+
+def process_group_timeout_is_too_short_for_evaluation(minutes: float) -> None:
+    """S3PRL calls `init_process_group(backend)` with torch's default timeout (NCCL: 10 minutes),
+    while rank 0 evaluates and saves alone: a longer evaluation gets the waiting ranks killed by
+    NCCL's watchdog. Pass `timeout=minutes` (launcher flag `--ddp_timeout`, env
+    S3PRL_ADAPTERS_DDP_TIMEOUT_MIN); the waiting ranks meet rank 0 at a barrier with that timeout
+    (non_leader_ranks_never_finish)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    real = getattr(dist.init_process_group, "_s3prl_adapters_real", dist.init_process_group)
+
+    def init_process_group(*args, **kwargs):
+        kwargs.setdefault("timeout", datetime.timedelta(minutes=minutes))
+        return real(*args, **kwargs)
+
+    init_process_group._s3prl_adapters_real = real
+    dist.init_process_group = init_process_group
+
+
+def _wait_for_the_leader() -> None:
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
+        dist.barrier()
+
+
 def non_leader_ranks_never_finish(runner_instance, optimizer) -> None:
     """In DDP only rank 0 advances the runner's 'overall' progress bar, which is also its step
     counter, so the other ranks train until rank 0 exits and then die (gloo: 'Connection closed by
     peer'; NCCL hangs). On those ranks, advance that counter once per update: at the
     `optimizer.zero_grad()` S3PRL calls after every update, including those whose step was skipped
-    (a NaN gradient norm, or an fp16 overflow that the loss scaler skips)."""
+    (a NaN gradient norm, or an fp16 overflow that the loss scaler skips).
+    Rank 0 evaluates and saves alone; after a step that does either, every rank meets at a barrier
+    (rank 0 once it is done, the others right after their update), so the others wait there, with
+    the process group's timeout, instead of inside their next gradient all-reduce."""
     from torch.distributed import is_initialized
 
     from s3prl.downstream import runner
     from s3prl.utility.helper import is_leader_process
 
-    if not is_initialized() or is_leader_process():
+    if not is_initialized():
         return
+    leader = is_leader_process()
+    runner_config = runner_instance.config["runner"]
+
+    def leader_works_after(step: int) -> bool:
+        return step % runner_config["eval_step"] == 0 or step % runner_config["save_step"] == 0
+
     real_tqdm = runner.tqdm
 
     def tqdm(*args, **kwargs):
         bar = real_tqdm(*args, **kwargs)
-        if kwargs.get("desc") == "overall":
+        if kwargs.get("desc") == "overall" and leader:
+            update = bar.update
+
+            def update_after_waiting(n=1):
+                if leader_works_after(bar.n + 1):  # S3PRL updates after the step's evaluation and save
+                    _wait_for_the_leader()
+                return update(n)
+
+            bar.update = update_after_waiting
+        elif kwargs.get("desc") == "overall":
             runner_instance._overall_bar = bar
         return bar
 
+    tqdm.write = real_tqdm.write  # S3PRL also calls tqdm.write
     runner.tqdm = tqdm
-
+    if leader:
+        return
     zero_grad = optimizer.zero_grad
 
     def zero_grad_and_advance(*args, **kwargs):
@@ -340,5 +408,7 @@ def non_leader_ranks_never_finish(runner_instance, optimizer) -> None:
         bar = getattr(runner_instance, "_overall_bar", None)
         if bar is not None:
             bar.n += 1
+            if leader_works_after(bar.n):
+                _wait_for_the_leader()
 
     optimizer.zero_grad = zero_grad_and_advance

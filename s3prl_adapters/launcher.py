@@ -64,6 +64,7 @@ def prepare_argv(argv: List[str]) -> List[str]:
     from . import compat
 
     args = _peek(argv)
+    argv = compat.device_defaults_to_cuda(argv)
     argv = compat.torchrun_sets_only_local_rank(argv)
     if args.past_exp:
         if not os.path.exists(args.past_exp):
@@ -77,7 +78,7 @@ def prepare_argv(argv: List[str]) -> List[str]:
             past = ckpt["Args"]
             _check_backbone_file(getattr(past, "upstream", None), getattr(past, "upstream_ckpt", None),
                                  f"-e {args.past_exp}: its -k")
-        return compat.device_defaults_to_cuda(argv)
+        return argv
     if args.upstream is not None and not hasattr(hub, args.upstream):
         close = difflib.get_close_matches(args.upstream, [n for n in dir(hub) if not n.startswith("_")], n=5)
         from .hubconf import UPSTREAMS
@@ -106,15 +107,15 @@ def prepare_argv(argv: List[str]) -> List[str]:
     if args.upstream_ckpt is not None and not args.upstream_ckpt.startswith(("http://", "https://")):
         # -e reuses -k from the checkpoint: store it absolute so resuming works from any directory.
         argv = _replace_value(argv, ("-k", "--upstream_ckpt"), os.path.abspath(os.path.expanduser(args.upstream_ckpt)))
-    return compat.device_defaults_to_cuda(argv)
+    return argv
 
 
-def run(argv: List[str]) -> None:
+def run(argv: List[str], ddp_timeout_minutes: float) -> None:
     from . import compat
     from .hubconf import register
     from .runner_hook import AdapterRunner
 
-    compat.install_runtime_workarounds()
+    compat.install_runtime_workarounds(compat.run_device(compat.device_defaults_to_cuda(argv)), ddp_timeout_minutes)
     register()
     argv = prepare_argv(argv)
     import s3prl.run_downstream as s3prl_launcher
@@ -124,12 +125,39 @@ def run(argv: List[str]) -> None:
     s3prl_launcher.main()
 
 
+def _take_ddp_timeout(argv: List[str]):
+    """Our own flag `--ddp_timeout MINUTES` (before S3PRL parses the rest), else the environment."""
+    from .compat import DDP_TIMEOUT_MINUTES
+
+    value, rest, i = os.environ.get("S3PRL_ADAPTERS_DDP_TIMEOUT_MIN"), [], 0
+    source = "S3PRL_ADAPTERS_DDP_TIMEOUT_MIN"
+    while i < len(argv):
+        if argv[i] == "--ddp_timeout" and i + 1 < len(argv):
+            value, source, i = argv[i + 1], "--ddp_timeout", i + 2
+            continue
+        if argv[i].startswith("--ddp_timeout="):
+            value, source = argv[i].split("=", 1)[1], "--ddp_timeout"
+        else:
+            rest.append(argv[i])
+        i += 1
+    if value is None:
+        return DDP_TIMEOUT_MINUTES, rest
+    try:
+        minutes = float(value)
+    except ValueError:
+        minutes = -1.0
+    if not minutes > 0:
+        raise UserError(f"{source} {value}: expected a number of minutes > 0")
+    return minutes, rest
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     try:
-        run(argv)
+        ddp_timeout_minutes, argv = _take_ddp_timeout(argv)
+        run(argv, ddp_timeout_minutes)
     except UserError as e:
         if debug:
             raise
