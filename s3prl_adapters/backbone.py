@@ -34,12 +34,29 @@ BASE_PLUS_CFG = {
     "normalize": False,
 }
 
+# WavLM Large (UniLM WavLM-Large.pt / transformers microsoft/wavlm-large): pre-LN layers, a LayerNorm
+# in every CNN block, and a per-utterance waveform normalisation before the CNN.
+LARGE_CFG = dict(
+    BASE_PLUS_CFG,
+    encoder_layers=24,
+    encoder_embed_dim=1024,
+    encoder_ffn_embed_dim=4096,
+    encoder_attention_heads=16,
+    extractor_mode="layer_norm",
+    layer_norm_first=True,
+    normalize=True,
+)
 
-def tiny_cfg(layers: int = 3, dim: int = 48, heads: int = 4) -> dict:
-    """A WavLM small enough for CPU tests, with Base+'s structure (post-LN, gated rel-pos, stride 320)."""
+SHAPES = {"base_plus": BASE_PLUS_CFG, "large": LARGE_CFG}
+"""Named backbone shapes for random models (`params --backbone`, `bench --shape`)."""
+
+
+def tiny_cfg(layers: int = 3, dim: int = 48, heads: int = 4, large: bool = False) -> dict:
+    """A WavLM small enough for CPU tests, with Base+'s structure (post-LN, gated rel-pos, stride 320),
+    or with Large's (`large=True`: pre-LN layers, LayerNorm CNN, waveform normalisation)."""
     if layers < 1 or dim < heads or dim % heads:
         raise UserError(f"tiny WavLM: need layers >= 1 and dim divisible by {heads} heads, got layers={layers} dim={dim}")
-    cfg = dict(BASE_PLUS_CFG)
+    cfg = dict(LARGE_CFG if large else BASE_PLUS_CFG)
     cfg.update(
         encoder_layers=layers,
         encoder_embed_dim=dim,
@@ -152,8 +169,8 @@ def save_checkpoint(model: WavLM, path: str) -> None:
     os.replace(tmp, path)
 
 
-def make_tiny_wavlm(path: str, layers: int = 3, dim: int = 48, seed: int = 0) -> str:
-    save_checkpoint(build_wavlm(tiny_cfg(layers, dim), seed=seed), path)
+def make_tiny_wavlm(path: str, layers: int = 3, dim: int = 48, seed: int = 0, large: bool = False) -> str:
+    save_checkpoint(build_wavlm(tiny_cfg(layers, dim, large=large), seed=seed), path)
     return path
 
 

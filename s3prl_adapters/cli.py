@@ -9,8 +9,9 @@ from .errors import UserError
 def _make_tiny_wavlm(args):
     from .backbone import make_tiny_wavlm
 
-    make_tiny_wavlm(args.out, layers=args.layers, dim=args.dim, seed=args.seed)
-    print(f"wrote {args.out} (random WavLM, {args.layers} layers x {args.dim}, S3PRL {{'cfg','model'}} format)")
+    make_tiny_wavlm(args.out, layers=args.layers, dim=args.dim, seed=args.seed, large=args.large)
+    layout = "pre-LN (Large layout)" if args.large else "post-LN (Base layout)"
+    print(f"wrote {args.out} (random WavLM, {args.layers} layers x {args.dim}, {layout}, S3PRL {{'cfg','model'}} format)")
 
 
 def _params(args):
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--dim", type=int, default=48)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--large", action="store_true", help="WavLM Large's layout (pre-LN, LayerNorm CNN, normalize)")
     p.set_defaults(func=_make_tiny_wavlm)
 
     p = sub.add_parser("convert-hf", help="convert a transformers WavLM folder (config.json + weights) to S3PRL's format")
@@ -112,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_convert_hf)
 
     p = sub.add_parser("params", help="trainable/total parameters of the six methods")
-    p.add_argument("--backbone", default="base_plus", help="'base_plus' (random Base+ shape) or a WavLM .pt")
+    p.add_argument("--backbone", default="base_plus",
+                   help="'base_plus' or 'large' (random weights of that shape), or a WavLM checkpoint")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_params)
 

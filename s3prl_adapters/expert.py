@@ -61,9 +61,8 @@ class AdapterWavLMExpert(nn.Module):
 
         self.feature_cache = None
         self._captured: List[torch.Tensor] = []
-        self.model.encoder.layers[0].register_forward_pre_hook(lambda m, args: self._captured.append(args[0]))
-        for layer in self.model.encoder.layers:
-            layer.register_forward_hook(lambda m, args, out: self._captured.append(out[0]))
+        for layer in self.model.encoder.layers:  # as S3PRL's WavLM expert: the input of every layer
+            layer.register_forward_pre_hook(lambda m, args: self._captured.append(args[0]))
 
         if cfg.autocast != "none":
             self._prepare_for_autocast()
@@ -98,10 +97,11 @@ class AdapterWavLMExpert(nn.Module):
     def get_downsample_rates(self, key: str) -> int:
         return self._downsample_rate
 
-    def _run_backbone(self, wavs: List[torch.Tensor]):
-        """Mirrors S3PRL's WavLM expert: optional per-utterance normalisation, padding mask, encoder.
-
-        Returns (input of layer 0, [output of every layer], encoder output), each (B, T, C)."""
+    def backbone_hidden_states(self, wavs: List[torch.Tensor]) -> List[torch.Tensor]:
+        """The L+1 states stock `wavlm_local` returns, each (B, T, C): the input of every encoder layer,
+        then the encoder output (the top layer's output; for pre-LN backbones such as Large, after the
+        encoder's final LayerNorm). Mirrors S3PRL's WavLM expert: optional per-utterance waveform
+        normalisation (`cfg.normalize`), padding mask, encoder."""
         if self.model.cfg.normalize:
             wavs = [F.layer_norm(wav, wav.shape) for wav in wavs]
         device = wavs[0].device
@@ -112,14 +112,9 @@ class AdapterWavLMExpert(nn.Module):
         self._captured = []
         with nullcontext() if self._backbone_trains else torch.no_grad():
             encoder_output, _ = self.model.extract_features(padded, padding_mask=padding_mask, mask=False)
-        layer_input, *layer_outputs = [x.transpose(0, 1) for x in self._captured]  # (T,B,C) -> (B,T,C)
+        layer_inputs = [x.transpose(0, 1) for x in self._captured]  # (T,B,C) -> (B,T,C)
         self._captured = []
-        return layer_input, layer_outputs, encoder_output
-
-    def backbone_hidden_states(self, wavs: List[torch.Tensor]) -> List[torch.Tensor]:
-        """The states stock `wavlm_local` returns: layer 0's input, layers 0..L-2's outputs, encoder output."""
-        layer_input, layer_outputs, encoder_output = self._run_backbone(wavs)
-        return [layer_input] + layer_outputs[:-1] + [encoder_output]
+        return layer_inputs + [encoder_output]
 
     def forward(self, wavs: List[torch.Tensor]) -> Dict[str, List[torch.Tensor]]:
         if self.adapter_config.autocast == "none":
@@ -144,8 +139,9 @@ class AdapterWavLMExpert(nn.Module):
         return self.feature_cache
 
     def _l_adapter_inputs(self, wavs: List[torch.Tensor]) -> List[torch.Tensor]:
-        _, layer_outputs, _ = self._run_backbone(wavs)
-        return [layer_outputs[i] for i in self.adapter_config.l_adapter_layers]
+        """Layer i's output as the next layer (or, for the top layer, the head) sees it: state i + 1."""
+        states = self.backbone_hidden_states(wavs)
+        return [states[i + 1] for i in self.adapter_config.l_adapter_layers]
 
     def _hidden_states(self, wavs: List[torch.Tensor]) -> List[torch.Tensor]:
         if self.l_adapters:

@@ -13,7 +13,7 @@ import torch
 from .errors import UserError
 
 
-def _cfg_from_hf(hf: dict) -> dict:
+def _cfg_from_hf(hf: dict, normalize: bool) -> dict:
     if hf.get("model_type") not in (None, "wavlm"):
         raise UserError(f"config.json: model_type '{hf.get('model_type')}' is not a WavLM")
     for key in ("conv_dim", "conv_kernel", "conv_stride"):
@@ -36,7 +36,7 @@ def _cfg_from_hf(hf: dict) -> dict:
         "num_buckets": hf.get("num_buckets", 320),
         "max_distance": hf.get("max_bucket_distance", 800),
         "gru_rel_pos": True,
-        "normalize": False,
+        "normalize": normalize,
         "dropout": hf.get("hidden_dropout", 0.1),
         "attention_dropout": hf.get("attention_dropout", 0.1),
         "activation_dropout": hf.get("activation_dropout", 0.0),
@@ -85,13 +85,32 @@ def _read_weights(folder: str) -> dict:
     raise UserError(f"{folder}: no model.safetensors or pytorch_model.bin next to config.json")
 
 
+def _waveform_normalisation(folder: str, hf: dict) -> bool:
+    """Whether the model expects zero-mean unit-variance waveforms (S3PRL's `cfg.normalize`).
+
+    transformers keeps this outside config.json, as `do_normalize` of the folder's
+    preprocessor_config.json (the Large checkpoints normalise, Base+ does not). Without
+    that file: the convention the released models follow, normalised exactly when the CNN has a
+    LayerNorm in every block (`feat_extract_norm: layer`, the Large models)."""
+    path = os.path.join(folder, "preprocessor_config.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            value = json.load(f).get("do_normalize")
+        if value is not None:
+            if not isinstance(value, bool):
+                raise UserError(f"{path}: 'do_normalize' must be true or false, got {value!r}")
+            return value
+    return hf.get("feat_extract_norm") == "layer"
+
+
 def convert_hf_folder(folder: str) -> dict:
     """The S3PRL `{'cfg', 'model'}` dict for a transformers WavLM folder (task heads are dropped)."""
     config = os.path.join(folder, "config.json")
     if not os.path.isfile(config):
         raise UserError(f"-k {folder}: a folder, but no config.json (not a transformers WavLM folder)")
     with open(config) as f:
-        cfg = _cfg_from_hf(json.load(f))
+        hf = json.load(f)
+    cfg = _cfg_from_hf(hf, _waveform_normalisation(folder, hf))
     state = {}
     for key, value in _read_weights(folder).items():
         key = re.sub(r"^wavlm\.", "", key)

@@ -6,7 +6,7 @@ from typing import List
 
 from torch import nn
 
-from .backbone import BASE_PLUS_CFG, build_wavlm, load_wavlm
+from .backbone import SHAPES, build_wavlm, load_wavlm
 from .config import METHODS, AdapterConfig
 from .expert import AdapterWavLMExpert
 
@@ -34,8 +34,9 @@ def _count(module: nn.Module, trainable_only: bool) -> int:
 
 
 def parameter_table(backbone: str = "base_plus") -> List[ParamRow]:
+    """backbone: a shape name of backbone.SHAPES ('base_plus', 'large': random weights) or a checkpoint."""
     def fresh_backbone():  # WavLM's weight-normed pos_conv cannot be deep-copied; rebuild instead
-        return build_wavlm(BASE_PLUS_CFG, seed=0) if backbone == "base_plus" else load_wavlm(backbone)
+        return build_wavlm(SHAPES[backbone], seed=0) if backbone in SHAPES else load_wavlm(backbone)
 
     wavlm = fresh_backbone()
     num_layers = len(wavlm.encoder.layers)

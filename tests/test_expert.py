@@ -67,7 +67,7 @@ def test_l_adapter_outputs_are_the_hidden_states(tiny_ckpt):
     ours = hubconf.wavlm_ladapter(ckpt=tiny_ckpt).eval()
     with torch.no_grad():
         out = ours(_wavs())["hidden_states"]
-        _, layer_outputs, _ = ours._run_backbone(_wavs())
+        layer_outputs = ours.backbone_hidden_states(_wavs())[1:]
     assert len(out) == 3 and all(h.shape == (2, 49, 512) for h in out)
     assert torch.equal(out[1], ours.l_adapters["1"](layer_outputs[1]))
 
@@ -98,7 +98,7 @@ def test_exactly_the_adapters_get_gradients_and_the_backbone_never_moves(tiny_ck
 def test_l_only_runs_the_backbone_without_autograd(tiny_ckpt):
     expert = hubconf.wavlm_ladapter_only(ckpt=tiny_ckpt).train()
     assert not any(p.requires_grad for p in expert.model.parameters())
-    _, layer_outputs, _ = expert._run_backbone(_wavs())
+    layer_outputs = expert.backbone_hidden_states(_wavs())[1:]
     assert all(h.grad_fn is None and not h.requires_grad for h in layer_outputs)
     assert expert(_wavs())["hidden_states"][0].requires_grad
 

@@ -35,9 +35,9 @@ def test_l_only_no_grad_backbone_gives_the_same_loss_and_gradients(tiny_ckpt):
 def test_frozen_prefix_builds_no_graph(tiny_ckpt):
     """Before the first trainable parameter (layer 0's LayerNorm) nothing is recorded by autograd."""
     expert = hubconf.wavlm_ladapter(ckpt=tiny_ckpt).train()
-    layer_input, layer_outputs, _ = expert._run_backbone([torch.randn(16000)])
+    layer_input, layer_output, *_ = expert.backbone_hidden_states([torch.randn(16000)])
     assert layer_input.grad_fn is None and not layer_input.requires_grad
-    assert layer_outputs[0].requires_grad
+    assert layer_output.requires_grad
 
 
 def _expert_with(tiny_ckpt, tmp_path, upstream="wavlm_ladapter", **settings):
