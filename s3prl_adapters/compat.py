@@ -102,15 +102,14 @@ def cache_root() -> str:
 def _corpus_fingerprint(roots) -> str:
     import hashlib
 
+    from .preflight import scan_tree
+
     h = hashlib.sha1()
     for root in roots:
         root = os.path.abspath(str(root))
         h.update(root.encode())
-        for d, dirs, files in sorted(os.walk(root)):
-            dirs.sort()
-            for f in sorted(files):
-                st = os.stat(os.path.join(d, f))
-                h.update(f"{os.path.relpath(os.path.join(d, f), root)}:{st.st_size}:{st.st_mtime_ns}".encode())
+        for path, size, mtime in scan_tree(root):  # the preflight's walk of this start, when it made one
+            h.update(f"{os.path.relpath(path, root)}:{size}:{mtime}".encode())
     return h.hexdigest()[:16]
 
 

@@ -6,6 +6,7 @@ import subprocess
 import pytest
 
 from conftest import tool
+from s3prl_adapters.errors import UserError
 
 
 def _run(*argv):
@@ -115,3 +116,48 @@ def test_a_passed_audio_check_is_remembered_until_a_file_changes(tiny_fsc, tmp_p
     victim.write_bytes(b"RIFF\x00\x00garbage")  # new size and mtime: the stamp no longer applies
     with pytest.raises(UserError, match=f"{victim} is not readable audio"):
         check_listed_audio("fluent_commands", config)
+
+
+def test_preflight_can_be_switched_off_and_skips_tasks_it_does_not_know(capsys):
+    from s3prl_adapters.preflight import check_corpus
+
+    broken = {"downstream_expert": {"datarc": {"file_path": "/nope/fsc"}}, "runner": {}}
+    assert check_corpus("fluent_commands", dict(broken, preflight=False)) is None
+    assert "preflight: off (config preflight: false)" in capsys.readouterr().err
+    for task, config in (("speech_commands", broken), ("quesst14_dtw", {"downstream_expert": {}, "runner": {}}),
+                         ("fluent_commands", {"downstream_expert": {"modelrc": {}}, "runner": {}})):
+        assert check_corpus(task, config) is None  # no KeyError for a config without datarc
+        assert f"preflight: no corpus checks for -d {task}" in capsys.readouterr().err
+
+
+def test_preflight_runs_on_rank_0_only(monkeypatch):
+    import torch.distributed as dist
+
+    from s3prl_adapters.preflight import check_corpus
+
+    broken = {"downstream_expert": {"datarc": {"file_path": "/nope/fsc"}}, "runner": {}}
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    assert check_corpus("fluent_commands", broken) is None
+    monkeypatch.setattr(dist, "get_rank", lambda: 0)
+    with pytest.raises(UserError, match="Fluent Speech Commands root /nope/fsc does not exist"):
+        check_corpus("fluent_commands", broken)
+
+
+def test_one_walk_per_start_serves_the_preflight_and_the_asv_length_cache(mini_corpus, tmp_path, monkeypatch):
+    from s3prl_adapters import compat, preflight
+    from s3prl_adapters.data.mini_superb import corpus_overrides
+
+    monkeypatch.setenv("S3PRL_ADAPTERS_CACHE", str(tmp_path / "cache"))
+    walks = []
+    real_walk = preflight._walk
+    monkeypatch.setattr(preflight, "_walk", lambda root: walks.append(root) or real_walk(root))
+    datarc = {k.split(".")[-1]: v.strip("'") for k, v in (kv.split("=", 1) for kv in
+              corpus_overrides("sv_voxceleb1", mini_corpus).split(",,"))}
+    config = {"downstream_expert": {"datarc": datarc}, "runner": {}}
+    facts = preflight.check_corpus("sv_voxceleb1", config)
+    dev_wav = os.path.join(datarc["file_path"], "dev", "wav")
+    compat._corpus_fingerprint([dev_wav])  # what the ASV length cache computes next, in the same start
+    assert walks == [os.path.abspath(dev_wav)]
+    assert facts["files"] > 0 and facts["train_hours"] > 0  # hours of training audio, kept in the stamp
+    assert preflight.check_corpus("sv_voxceleb1", config) == facts  # warm: from the stamp
