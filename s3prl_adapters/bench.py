@@ -33,6 +33,8 @@ ROWS = [  # (name, upstream, stock -f, adapter settings (-g) or the feature cach
     ("ladapter_only+bf16", "wavlm_ladapter_only", False, {"autocast": "bfloat16"}),
     ("frozen+cache", "wavlm_local", False, {"feature_cache": True}),
     ("ladapter_only+cache", "wavlm_ladapter_only", False, {"feature_cache": True}),
+    # A first epoch through the cache: every step new utterances (all misses), entries written to disk.
+    ("ladapter_only+cache(cold)", "wavlm_ladapter_only", False, {"feature_cache": "cold"}),
 ]
 
 
@@ -68,10 +70,13 @@ def measure_one(name, upstream, finetune, settings, ckpt, batch, seconds, steps,
     adapters = isinstance(model, AdapterWavLMExpert)
     trains_upstream = finetune or adapters
     featurizer = Featurizer(model, upstream_device=device).to(device)
+    cache_dir = tempfile.TemporaryDirectory() if cached == "cold" else None
+    cache_config = FeatureCacheConfig(dir=cache_dir.name if cache_dir else None)
     if cached and adapters:
-        model.use_feature_cache(FeatureCacheConfig())
+        cache = model.use_feature_cache(cache_config)
     elif cached:
-        model = CachedUpstream(model, FeatureCacheConfig())
+        model = CachedUpstream(model, cache_config)
+        cache = model.cache
     head = nn.Sequential(nn.Linear(featurizer.output_dim, 256), nn.ReLU()).to(device)
     classifier = nn.Linear(256, 24).to(device)
     params = [p for m in (featurizer, head, classifier) for p in m.parameters()]
@@ -81,6 +86,8 @@ def measure_one(name, upstream, finetune, settings, ckpt, batch, seconds, steps,
     labels = torch.randint(0, 24, (batch,), device=device)
 
     def step():
+        if cached == "cold":  # new utterances: the cache misses and writes every entry
+            wavs[:] = [torch.randn(int(seconds * 16000), device=device) for _ in range(batch)]
         model.train() if trains_upstream else model.eval()
         if trains_upstream:
             hidden = model(wavs)
@@ -104,6 +111,9 @@ def measure_one(name, upstream, finetune, settings, ckpt, batch, seconds, steps,
             times.append(time.perf_counter() - t)
     model.eval()
     infer = []
+    if cached == "cold":
+        cache.flush()  # the writes of the timed steps reach the disk (counted in no step)
+        cache_dir.cleanup()
     with torch.no_grad():
         for i in range(warmup + steps):
             _sync(device)
@@ -118,7 +128,7 @@ def measure_one(name, upstream, finetune, settings, ckpt, batch, seconds, steps,
         ckpt_bytes = os.path.getsize(path)
     result = {
         "method": name, "upstream": upstream + (" -f" if finetune else ""), "settings": dict(settings, **(
-            {"feature_cache": True} if cached else {})),
+            {"feature_cache": cached} if cached else {})),
         "step_seconds": statistics.median(times), "inference_seconds": statistics.median(infer),
         "trainable_params": sum(p.numel() for p in params) - sum(p.numel() for m in (head, classifier) for p in m.parameters()),
         "upstream_checkpoint_bytes": ckpt_bytes,
@@ -175,13 +185,13 @@ def format_table(results, meta) -> str:
     lines = [
         f"{meta['shape']}, batch {meta['batch']} x {meta['seconds']} s, device {meta['device']}, "
         f"{meta['threads']} thread(s), median of {meta['steps']} steps after {meta['warmup']} warm-up",
-        f"{'method':20s} {'step s':>8s} {'x FT':>6s} {'peak MB':>9s} {'x FT':>6s} {'+MB':>7s} {'x FT':>6s} "
+        f"{'method':26s} {'step s':>8s} {'x FT':>6s} {'peak MB':>9s} {'x FT':>6s} {'+MB':>7s} {'x FT':>6s} "
         f"{'infer s':>8s} {'x frozen':>9s} "
         f"{'ckpt MB':>8s} {'x FT':>6s} {'trainable':>12s}",
     ]
     for r in results:
         lines.append(
-            f"{r['method']:20s} {r['step_seconds']:8.3f} {r['step_seconds'] / ft['step_seconds']:6.2f} "
+            f"{r['method']:26s} {r['step_seconds']:8.3f} {r['step_seconds'] / ft['step_seconds']:6.2f} "
             f"{r['peak_memory_mb']:9.0f} {r['peak_memory_mb'] / ft['peak_memory_mb']:6.2f} "
             f"{_added(r):7.0f} {_added(r) / _added(ft):6.2f} "
             f"{r['inference_seconds']:8.3f} {r['inference_seconds'] / frozen['inference_seconds']:9.2f} "

@@ -13,11 +13,17 @@ see the float16 copies. Note that WavLM's CNN normalises over the padded batch, 
 utterance's states depend slightly on its batch-mates; the cache keeps those of the batch it was
 first seen in."""
 
+import atexit
 import hashlib
+import io
 import os
+import queue
+import socket
+import sys
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, fields
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -80,8 +86,40 @@ def _nbytes(states: List[torch.Tensor]) -> int:
     return sum(s.numel() * s.element_size() for s in states)
 
 
+def corpus_bytes(hours: float, states: int, width: int, downsample_rate: int) -> int:
+    """What caching `hours` of audio takes: frames/s x states per frame x width x 2 bytes (float16)."""
+    return int(hours * 3600 * (16000 / downsample_rate) * states * width * 2)
+
+
+_TMP_MARK = ".pt.tmp-"
+
+
+def _tmp_name(path: str) -> str:
+    return f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"
+
+
+def _is_stale_tmp(name: str) -> bool:
+    """A temporary entry of a run on this host that no longer exists (a killed run's leftover)."""
+    host, _, pid = name.split(_TMP_MARK, 1)[1].rpartition("-")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 class FeatureCache:
-    """Per-utterance float16 states: a bounded LRU in memory over a bounded folder on disk."""
+    """Per-utterance float16 states: a bounded LRU in memory over a bounded folder on disk.
+
+    Disk writes go through a bounded queue to one background thread (temp file + rename), so the
+    training loop does not wait on the disk; it waits only when `_MAX_PENDING` entries are queued.
+    Entries still queued are served from the queue. `flush()` waits for every queued write."""
+
+    _MAX_PENDING = 64
 
     def __init__(self, config: FeatureCacheConfig, fingerprint: str, downsample_rate: int):
         self.config = config
@@ -91,11 +129,33 @@ class FeatureCache:
         self._memory_bytes = 0
         self.folder = os.path.join(config.dir, fingerprint) if config.dir else None
         self._disk_bytes = 0
+        self._lock = threading.Lock()
+        self._pending: Dict[str, List[torch.Tensor]] = {}
+        self._pending_bytes = 0
+        self._queue: "queue.Queue" = queue.Queue(maxsize=self._MAX_PENDING)
+        self._writer: Optional[threading.Thread] = None
+        self.disk_error: Optional[str] = None
+        self.removed_leftovers = 0
         if self.folder:
             os.makedirs(self.folder, exist_ok=True)
-            self._disk_bytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(config.dir)
-                                   for f in files if f.endswith(".pt"))
+            self._disk_bytes = self._count_and_clean(config.dir)
         self.hits = self.misses = 0
+
+    def _count_and_clean(self, root: str) -> int:
+        """Bytes of the entries under `root` (every backbone); removes killed runs' temporary files."""
+        total = 0
+        for d, _, files in os.walk(root):
+            for name in files:
+                path = os.path.join(d, name)
+                if name.endswith(".pt"):
+                    total += os.path.getsize(path)
+                elif _TMP_MARK in name and _is_stale_tmp(name):
+                    try:
+                        os.remove(path)
+                        self.removed_leftovers += 1
+                    except FileNotFoundError:  # another run cleaned it first
+                        pass
+        return total
 
     def _path(self, key: str) -> str:
         return os.path.join(self.folder, key + ".pt")
@@ -104,6 +164,10 @@ class FeatureCache:
         states = self._memory.get(key)
         if states is not None:
             self._memory.move_to_end(key)
+            return states
+        with self._lock:
+            states = self._pending.get(key)
+        if states is not None:
             return states
         if self.folder and os.path.exists(self._path(key)):
             try:
@@ -117,11 +181,51 @@ class FeatureCache:
     def put(self, key: str, states: List[torch.Tensor]) -> None:
         states = [s.detach().to("cpu", torch.float16).contiguous() for s in states]
         self._remember(key, states)
-        if self.folder and self._disk_bytes + _nbytes(states) <= self.config.max_disk_mb * 2**20:
-            path, tmp = self._path(key), self._path(key) + f".tmp{os.getpid()}"
-            torch.save(states, tmp)
-            os.replace(tmp, path)  # readers never see a half-written entry
-            self._disk_bytes += os.path.getsize(path)
+        if not self.folder or self.disk_error:
+            return
+        buffer = io.BytesIO()  # serialised here (a memory copy), so the bound counts exact file sizes
+        torch.save(states, buffer)
+        data = buffer.getvalue()
+        size = len(data)
+        with self._lock:
+            if key in self._pending or self._disk_bytes + self._pending_bytes + size > self.config.max_disk_mb * 2**20:
+                return
+            self._pending[key] = states
+            self._pending_bytes += size
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_queued, name="feature-cache-writer", daemon=True)
+            self._writer.start()
+            atexit.register(self.flush)  # queued entries reach the disk before the interpreter exits
+        self._queue.put((key, data))  # blocks only while _MAX_PENDING writes are queued
+
+    def _write_queued(self) -> None:
+        while True:
+            key, data = self._queue.get()
+            path = self._path(key)
+            tmp = _tmp_name(path)
+            written = 0
+            try:
+                if self.disk_error is None:
+                    with open(tmp, "wb") as f:
+                        f.write(data)
+                    os.replace(tmp, path)  # readers never see a half-written entry
+                    written = len(data)
+            except OSError as e:  # a full or vanished disk: keep training from memory
+                self.disk_error = f"{type(e).__name__}: {e}"
+                print(f"[s3prl-adapters] feature cache: disk writes stopped ({self.disk_error})", file=sys.stderr)
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+            finally:
+                with self._lock:
+                    self._pending.pop(key, None)
+                    self._pending_bytes -= len(data)
+                    self._disk_bytes += written
+                self._queue.task_done()
+
+    def flush(self) -> None:
+        """Wait until every queued entry is on disk (or given up on)."""
+        if self._writer is not None:
+            self._queue.join()
 
     def _remember(self, key: str, states: List[torch.Tensor]) -> None:
         if key in self._memory:

@@ -4,7 +4,7 @@ a traceback (or, for an empty split, never fails at all). Names the first missin
 Sized for real corpora (VoxCeleb1 dev: 148k files; LibriSpeech 960 h: 281k list rows): one `stat`
 per listed file and at most one walk of a folder per start (`scan_tree`, shared with the ASV length
 cache); audio headers are read only when the stamp of exactly these files (paths, sizes, mtimes) is
-missing, and the stamp also keeps the hours of training audio (for the feature cache's estimate).
+missing, and the stamp also keeps the hours of listed audio (for the feature cache's size estimate).
 Under DDP only rank 0 checks. `preflight: false` in the downstream config skips all of it."""
 
 import csv
@@ -158,7 +158,7 @@ def _leader() -> bool:
 
 def check_corpus(task: str, config: dict) -> Optional[dict]:
     """Every check for `task`, or a note that there are none. Returns the stamp's facts (file count,
-    hours of training audio) when the task has checks and they ran."""
+    hours of all listed and of the training audio) when the task has checks and they ran."""
     if config.get("preflight", True) is False:
         print(f"[s3prl-adapters] preflight: off (config preflight: false)", file=sys.stderr)
         return None
@@ -198,7 +198,7 @@ def check_listed_audio(task: str, config: dict, facts: bool = False):
     """Every file the recipe's train and evaluation lists name exists, decodes, and is 16 kHz mono
     (ER resamples: any rate). Headers only; a passed check of exactly these files (paths, sizes,
     mtimes) is remembered until one of them changes. Returns the number of files (with `facts`:
-    the stamp's dict: files, train_hours)."""
+    the stamp's dict: files, hours, train_hours)."""
     named = {}  # path -> which list names it (evaluation lists first)
     train = training_audio(task, config)
     for source, files in (("the test/dev lists name", listed_audio(task, config)), ("the train list names", train)):
@@ -209,11 +209,12 @@ def check_listed_audio(task: str, config: dict, facts: bool = False):
         try:
             with open(stamp) as f:
                 known = json.load(f)
-            return known if facts else known["files"]
-        except (OSError, ValueError, KeyError):
+            if {"files", "hours", "train_hours"} <= set(known):
+                return known if facts else known["files"]
+        except (OSError, ValueError):
             pass  # an unreadable or older stamp: check again
-    train_seconds = _read_headers(task, named, set(train))
-    known = {"files": len(named), "train_hours": round(train_seconds / 3600, 4)}
+    seconds, train_seconds = _read_headers(task, named, set(train))
+    known = {"files": len(named), "hours": round(seconds / 3600, 6), "train_hours": round(train_seconds / 3600, 6)}
     os.makedirs(os.path.dirname(stamp), exist_ok=True)
     tmp = f"{stamp}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
@@ -222,12 +223,12 @@ def check_listed_audio(task: str, config: dict, facts: bool = False):
     return known if facts else known["files"]
 
 
-def _read_headers(task: str, named: Dict[str, str], train: set) -> float:
-    """Decode every header; returns the seconds of training audio."""
+def _read_headers(task: str, named: Dict[str, str], train: set) -> Tuple[float, float]:
+    """Decode every header; returns the seconds of all listed audio and of the training audio."""
     import soundfile as sf
     from tqdm import tqdm
 
-    seconds = 0.0
+    seconds = train_seconds = 0.0
     for path in tqdm(named, desc="preflight: audio headers", unit="file", file=sys.stderr,
                      disable=len(named) < 20000, mininterval=2.0):
         try:
@@ -237,6 +238,7 @@ def _read_headers(task: str, named: Dict[str, str], train: set) -> float:
         if info.channels != 1 or (info.samplerate != 16000 and task != "emotion"):
             raise UserError(f"-d {task}: {path} is {info.samplerate} Hz with {info.channels} channel(s); "
                             f"the recipe needs 16 kHz mono (convert with: sox IN -r 16000 -c 1 OUT)")
+        seconds += info.frames / info.samplerate
         if path in train:
-            seconds += info.frames / info.samplerate
-    return seconds
+            train_seconds += info.frames / info.samplerate
+    return seconds, train_seconds

@@ -17,7 +17,7 @@ from s3prl.downstream.runner import Runner
 
 from . import compat
 from .errors import UserError
-from .feature_cache import CachedUpstream, FeatureCache, FeatureCacheConfig
+from .feature_cache import CachedUpstream, FeatureCache, FeatureCacheConfig, corpus_bytes
 from .hubconf import UPSTREAMS
 from .preflight import check_corpus
 
@@ -84,6 +84,13 @@ def describe_groups(optimizer: torch.optim.Optimizer) -> str:
     )
 
 
+def _size(n_bytes: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.3g} {unit}"
+    return f"{n_bytes / 2**10:.3g} KiB"
+
+
 class AdapterRunner(Runner):
     """S3PRL's Runner with the adapter hook (for adapter upstreams) and the compat workarounds
     that concern every upstream (config paths, CPU-only recipes, empty train splits)."""
@@ -92,7 +99,7 @@ class AdapterRunner(Runner):
         if not getattr(args, "past_exp", None) and getattr(args, "config", None):
             compat.relative_config_paths_resolve_against_cwd(config, args.config)
         compat.install_task_workarounds(args.downstream)
-        check_corpus(args.downstream, config)
+        self.corpus_facts = check_corpus(args.downstream, config)
         cache_config = self._feature_cache_config(args, config)
         super().__init__(args, config)
         self.feature_cache = self._attach_feature_cache(cache_config) if cache_config else None
@@ -117,8 +124,29 @@ class AdapterRunner(Runner):
             self.upstream.model = CachedUpstream(upstream, cache_config)
             cache = self.upstream.model.cache
         print(f"[s3prl-adapters] feature cache: {cache.folder or 'memory only'} "
-              f"(memory {cache_config.max_memory_mb:g} MB, disk {cache_config.max_disk_mb:g} MB)", file=sys.stderr)
+              f"(memory {cache_config.max_memory_mb:g} MB, disk {cache_config.max_disk_mb:g} MB)"
+              + (f"; removed {cache.removed_leftovers} temporary file(s) of killed runs" if cache.removed_leftovers else ""),
+              file=sys.stderr)
+        print(f"[s3prl-adapters] feature cache: {self._cache_size_note(cache_config, cache)}", file=sys.stderr)
         return cache
+
+    def _cache_size_note(self, cache_config: FeatureCacheConfig, cache: FeatureCache) -> str:
+        """Whether the corpus fits the bounds: hours (from the preflight) x frames/s x states x width x 2 B."""
+        hours = (self.corpus_facts or {}).get("hours")
+        if hours is None:
+            return "corpus size unknown (no preflight for this task, or preflight: false), so is whether it fits"
+        upstream = _unwrap(self.upstream.model)
+        if self.uses_adapter_upstream:
+            states, width = len(upstream.adapter_config.l_adapter_layers), upstream.model.cfg.encoder_embed_dim
+        else:
+            featurizer = _unwrap(self.featurizer.model)
+            states, width = getattr(featurizer, "layer_num", 1), featurizer.output_dim
+        need = corpus_bytes(hours, states, width, cache.downsample_rate)
+        fits = lambda mb: "fits" if need <= mb * 2**20 else "does NOT fit (later epochs recompute what is left out)"  # noqa: E731
+        return (f"the corpus ({hours:.3g} h listed) needs ~{_size(need)} ({states} states x {width} x float16 at "
+                f"{16000 / cache.downsample_rate:g} frames/s): disk bound {_size(cache_config.max_disk_mb * 2**20)} "
+                f"{fits(cache_config.max_disk_mb)}; memory bound {_size(cache_config.max_memory_mb * 2**20)} "
+                f"{fits(cache_config.max_memory_mb)}")
 
     @property
     def uses_adapter_upstream(self) -> bool:
@@ -171,6 +199,7 @@ class AdapterRunner(Runner):
                   file=sys.stderr)
         super().train()
         if self.feature_cache is not None:
+            self.feature_cache.flush()
             print(f"[s3prl-adapters] feature cache: {self.feature_cache.hits} hits, {self.feature_cache.misses} misses",
                   file=sys.stderr)
         self._note_missing_best_checkpoint()

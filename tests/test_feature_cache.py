@@ -94,6 +94,7 @@ def test_cache_bounds(tmp_path):
                                             max_disk_mb=2.5 * file_bytes / 2**20), "fp", 320)
     for key in "abcd":
         cache.put(key, states)
+    cache.flush()
     assert list(cache._memory) == ["b", "c", "d"]  # 20,000 bytes hold three: the least recently used left
     on_disk = sorted(os.listdir(tmp_path / "cache" / "fp"))
     assert on_disk == ["a.pt", "b.pt"]  # the disk bound stops new files; nothing is deleted
@@ -101,7 +102,49 @@ def test_cache_bounds(tmp_path):
     # The bound covers the whole folder (every backbone): a second backbone starts full.
     other = FeatureCache(FeatureCacheConfig(dir=str(tmp_path / "cache"), max_disk_mb=2.5 * file_bytes / 2**20), "fp2", 320)
     other.put("x", states)
+    other.flush()
     assert os.listdir(tmp_path / "cache" / "fp2") == []
+
+
+def test_disk_writes_do_not_hold_up_the_caller(tmp_path, monkeypatch):
+    import threading
+
+    from s3prl_adapters import feature_cache
+
+    release, real_replace = threading.Event(), os.replace
+    monkeypatch.setattr(feature_cache.os, "replace", lambda a, b: release.wait(30) and real_replace(a, b))
+    cache = FeatureCache(FeatureCacheConfig(dir=str(tmp_path), max_memory_mb=0), "fp", 320)
+    cache.put("a", [torch.ones(5, 4)])  # returns while the disk write is held back
+    assert "a.pt" not in os.listdir(tmp_path / "fp")
+    assert torch.equal(cache.get("a")[0], torch.ones(5, 4, dtype=torch.float16))  # served from the queue
+    release.set()
+    cache.flush()
+    assert os.listdir(tmp_path / "fp") == ["a.pt"]
+    assert torch.equal(torch.load(tmp_path / "fp" / "a.pt", weights_only=True)[0], torch.ones(5, 4).half())
+
+
+def test_a_killed_run_s_temporary_files_are_removed_and_never_counted(tmp_path):
+    import socket
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    folder = tmp_path / "fp"
+    folder.mkdir()
+    leftover = folder / f"k1.pt.tmp-{host}-{int(dead.stdout)}"  # its writer was killed mid-write
+    live = folder / f"k2.pt.tmp-{host}-{os.getpid()}"  # a running writer's file: not ours to remove
+    for path in (leftover, live):
+        path.write_bytes(b"x" * 4096)
+    cache = FeatureCache(FeatureCacheConfig(dir=str(tmp_path), max_disk_mb=1), "fp", 320)
+    assert not leftover.exists() and live.exists() and cache.removed_leftovers == 1
+    assert cache._disk_bytes == 0 and cache.get("k1") is None and cache.get("k2") is None
+
+
+def test_corpus_size_estimate():
+    from s3prl_adapters.feature_cache import corpus_bytes
+
+    # WavLM Base+ L-only: 12 layer outputs x 768 x float16 at 50 frames/s, ~3.3 GB per hour
+    assert corpus_bytes(1.0, 12, 768, 320) == 3600 * 50 * 12 * 768 * 2 == 3_317_760_000
 
 
 def test_cache_config_refusals(tiny_ckpt):
@@ -129,6 +172,12 @@ def test_runner_trains_through_the_cache(upstream, tiny_ckpt, tiny_fsc, tmp_path
     # pass (6 steps x 4) and the second dev/test evaluation are served from the cache.
     assert (hits, misses) == (16, 24)
     assert len(os.listdir(next(cache_dir.iterdir()))) == 24
+    # The preflight listed 16.8 s of audio (24 files): 16.8 s x 50 frames/s x 4 states (wavlm_local: 4;
+    # L-only: 3 layers) x 48 x 2 bytes; printed at start with the verdict for each bound.
+    states = 4 if upstream == "wavlm_local" else 3
+    need = 16.8 * 50 * states * 48 * 2 / 2**10
+    assert f"the corpus (0.00467 h listed) needs ~{need:.3g} KiB ({states} states x 48 x float16 at 50 frames/s): " \
+           f"disk bound 20 GiB fits; memory bound 2 GiB fits" in proc.stderr
 
 
 def test_cache_with_a_trained_upstream_is_one_line_error(tiny_ckpt, tiny_fsc, tmp_path):
