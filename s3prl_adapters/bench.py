@@ -9,6 +9,7 @@ runner does: upstream (under no_grad when frozen) -> S3PRL Featurizer -> a SUPER
 (projector 256, mean pooling, linear) -> backward -> Adam step over what trains."""
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -35,7 +36,13 @@ ROWS = [  # (name, upstream, stock -f, adapter settings (-g) or the feature cach
     ("ladapter_only+cache", "wavlm_ladapter_only", False, {"feature_cache": True}),
     # A first epoch through the cache: every step new utterances (all misses), entries written to disk.
     ("ladapter_only+cache(cold)", "wavlm_ladapter_only", False, {"feature_cache": "cold"}),
+    # float16 with loss scaling (GPU rows: CPUs run float16 emulated, slowly). Fine-tuning as S3PRL's
+    # runner.fp16 runs it (the whole forward under autocast), the adapters through `autocast: float16`.
+    ("finetune+fp16", "wavlm_local", True, {"runner_fp16": True}),
+    ("ladapter+fp16", "wavlm_ladapter", False, {"autocast": "float16"}),
+    ("ladapter_only+fp16", "wavlm_ladapter_only", False, {"autocast": "float16"}),
 ]
+GPU_ONLY_ROWS = ("finetune+fp16", "ladapter+fp16", "ladapter_only+fp16")
 
 
 def _sync(device):
@@ -58,6 +65,8 @@ def measure_one(name, upstream, finetune, settings, ckpt, batch, seconds, steps,
 
     settings = dict(settings)
     cached = settings.pop("feature_cache", False)
+    runner_fp16 = settings.pop("runner_fp16", False)
+    fp16 = runner_fp16 or settings.get("autocast") == "float16"
     baseline_mb = _peak_memory_mb(device)  # the process before any model: Python, torch, S3PRL imports
     torch.manual_seed(0)
     if upstream == "wavlm_local":
@@ -82,6 +91,9 @@ def measure_one(name, upstream, finetune, settings, ckpt, batch, seconds, steps,
     params = [p for m in (featurizer, head, classifier) for p in m.parameters()]
     params += [p for p in model.parameters() if p.requires_grad] if trains_upstream else []
     optimizer = torch.optim.Adam(params, lr=1e-4)
+    scaler = torch.amp.GradScaler(torch.device(device).type) if fp16 else None
+    forward_autocast = (lambda: torch.autocast(torch.device(device).type, dtype=torch.float16)) if runner_fp16 \
+        else contextlib.nullcontext
     wavs = [torch.randn(int(seconds * 16000), device=device) for _ in range(batch)]
     labels = torch.randint(0, 24, (batch,), device=device)
 
@@ -89,17 +101,23 @@ def measure_one(name, upstream, finetune, settings, ckpt, batch, seconds, steps,
         if cached == "cold":  # new utterances: the cache misses and writes every entry
             wavs[:] = [torch.randn(int(seconds * 16000), device=device) for _ in range(batch)]
         model.train() if trains_upstream else model.eval()
-        if trains_upstream:
-            hidden = model(wavs)
-        else:
-            with torch.no_grad():
+        with forward_autocast():
+            if trains_upstream:
                 hidden = model(wavs)
-        feats = featurizer(wavs, hidden)
-        pooled = torch.stack([head(f).mean(0) for f in feats])
-        loss = nn.functional.cross_entropy(classifier(pooled), labels)
+            else:
+                with torch.no_grad():
+                    hidden = model(wavs)
+            feats = featurizer(wavs, hidden)
+            pooled = torch.stack([head(f).mean(0) for f in feats])
+            loss = nn.functional.cross_entropy(classifier(pooled), labels)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
 
     times = []
     for i in range(warmup + steps):
@@ -118,7 +136,8 @@ def measure_one(name, upstream, finetune, settings, ckpt, batch, seconds, steps,
         for i in range(warmup + steps):
             _sync(device)
             t = time.perf_counter()
-            featurizer(wavs, model(wavs))
+            with forward_autocast():
+                featurizer(wavs, model(wavs))
             _sync(device)
             if i >= warmup:
                 infer.append(time.perf_counter() - t)
@@ -127,8 +146,8 @@ def measure_one(name, upstream, finetune, settings, ckpt, batch, seconds, steps,
         torch.save(model.state_dict() if trains_upstream else {}, path)
         ckpt_bytes = os.path.getsize(path)
     result = {
-        "method": name, "upstream": upstream + (" -f" if finetune else ""), "settings": dict(settings, **(
-            {"feature_cache": cached} if cached else {})),
+        "method": name, "upstream": upstream + (" -f" if finetune else ""), "settings": dict(
+            settings, **({"feature_cache": cached} if cached else {}), **({"runner_fp16": True} if runner_fp16 else {})),
         "step_seconds": statistics.median(times), "inference_seconds": statistics.median(infer),
         "trainable_params": sum(p.numel() for p in params) - sum(p.numel() for m in (head, classifier) for p in m.parameters()),
         "upstream_checkpoint_bytes": ckpt_bytes,
@@ -183,7 +202,7 @@ def format_table(results, meta) -> str:
     ft = next(r for r in results if r["method"] == "finetune")
     frozen = next(r for r in results if r["method"] == "frozen")
     lines = [
-        f"{meta['shape']}, batch {meta['batch']} x {meta['seconds']} s, device {meta['device']}, "
+        f"{meta['shape']}, batch {meta['batch']} x {meta['seconds']} s, device {meta['device']} ({meta.get('machine', '?')}), "
         f"{meta['threads']} thread(s), median of {meta['steps']} steps after {meta['warmup']} warm-up",
         f"{'method':26s} {'step s':>8s} {'x FT':>6s} {'peak MB':>9s} {'x FT':>6s} {'+MB':>7s} {'x FT':>6s} "
         f"{'infer s':>8s} {'x frozen':>9s} "
@@ -200,18 +219,60 @@ def format_table(results, meta) -> str:
     return "\n".join(lines)
 
 
+def markdown_table(results, meta) -> str:
+    """The table as Markdown, each row with its switches and every ratio against fine-tuning in float32."""
+    ft = next(r for r in results if r["method"] == "finetune")
+    frozen = next(r for r in results if r["method"] == "frozen")
+    lines = [
+        f"{meta['shape']}, batch {meta['batch']} x {meta['seconds']} s, {meta['device']} ({meta.get('machine', '?')}), "
+        f"{meta['threads']} thread(s), median of {meta['steps']} steps after {meta['warmup']} warm-up",
+        "",
+        "| row | upstream | switches | step s | x FT | peak MB | x FT | +MB | x FT | inference s | x frozen | "
+        "upstream ckpt MB | x FT |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        switches = ", ".join(f"{k}: {v}" for k, v in r["settings"].items()) or "-"
+        lines.append(
+            f"| {r['method']} | `{r['upstream']}` | {switches} | {r['step_seconds']:.3f} | "
+            f"{r['step_seconds'] / ft['step_seconds']:.2f} | {r['peak_memory_mb']:.0f} | "
+            f"{r['peak_memory_mb'] / ft['peak_memory_mb']:.2f} | {_added(r):.0f} | {_added(r) / _added(ft):.2f} | "
+            f"{r['inference_seconds']:.3f} | {r['inference_seconds'] / frozen['inference_seconds']:.2f} | "
+            f"{r['upstream_checkpoint_bytes'] / 1e6:.1f} | "
+            f"{r['upstream_checkpoint_bytes'] / ft['upstream_checkpoint_bytes']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def machine_name(device: str) -> str:
+    """The GPU's name on CUDA, else the CPU model (as lscpu names it)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+
+        return platform.processor() or platform.machine()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="s3prl-adapters bench", description=__doc__)
     p.add_argument("--checkpoint", help="WavLM checkpoint; default: a random WavLM Base+-shaped one")
-    p.add_argument("--shape", default="base_plus", choices=["base_plus", "tiny"], help="random backbone when no --checkpoint")
+    p.add_argument("--shape", default="base_plus", choices=["base_plus", "large", "tiny"],
+                   help="random backbone when no --checkpoint")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--methods", nargs="+", choices=[r[0] for r in ROWS], help="rows to measure (default: all; "
-                   "finetune and frozen are always measured, as the ratios' denominators)")
+    p.add_argument("--methods", nargs="+", choices=[r[0] for r in ROWS], help="rows to measure (default: all; the "
+                   f"float16 rows {list(GPU_ONLY_ROWS)} on CUDA only; finetune and frozen are always measured, as the "
+                   "ratios' denominators)")
+    p.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown to FILE")
     p.add_argument("--json", action="store_true")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -234,15 +295,19 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as d:
         ckpt = args.checkpoint
         if ckpt is None:
-            from .backbone import BASE_PLUS_CFG, build_wavlm, make_tiny_wavlm, save_checkpoint
+            from .backbone import SHAPES, build_wavlm, make_tiny_wavlm, save_checkpoint
 
             ckpt = os.path.join(d, "wavlm.pt")
-            save_checkpoint(build_wavlm(BASE_PLUS_CFG, seed=0), ckpt) if args.shape == "base_plus" else make_tiny_wavlm(ckpt)
-        wanted = {"finetune", "frozen"} | set(args.methods or [r[0] for r in ROWS])
+            save_checkpoint(build_wavlm(SHAPES[args.shape], seed=0), ckpt) if args.shape in SHAPES else make_tiny_wavlm(ckpt)
+        default = [r[0] for r in ROWS if r[0] not in GPU_ONLY_ROWS or args.device.startswith("cuda")]
+        wanted = {"finetune", "frozen"} | set(args.methods or default)
         results = run_bench(ckpt, args.batch, args.seconds, args.steps, args.warmup, args.device,
                             [r for r in ROWS if r[0] in wanted])
     meta = {"shape": args.checkpoint or args.shape, "batch": args.batch, "seconds": args.seconds, "device": args.device,
-            "threads": args.threads, "steps": args.steps, "warmup": args.warmup}
+            "machine": machine_name(args.device), "threads": args.threads, "steps": args.steps, "warmup": args.warmup}
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown_table(results, meta))
     print(json.dumps({"meta": meta, "results": results}, indent=1) if args.json else format_table(results, meta))
 
 
