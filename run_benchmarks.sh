@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/setup.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-exec .venv/bin/python -m s3prl_adapters.benchmark "$@"
+exec .venv/bin/python -m s3prl_adapters.tools.benchmark "$@"

@@ -22,8 +22,8 @@ setup(
     ],
     entry_points={
         "console_scripts": [
-            "run_downstream.py=s3prl_adapters.launcher:main",
-            "s3prl-adapters=s3prl_adapters.cli:main",
+            "run_downstream.py=s3prl_adapters.bridge.launcher:main",
+            "s3prl-adapters=s3prl_adapters.tools.cli:main",
         ]
     },
 )

@@ -13,4 +13,4 @@ else
   PY=.venv/bin/python
 fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} PYTHONUNBUFFERED=1
-exec "$PY" -m s3prl_adapters.gpu_check "$@"
+exec "$PY" -m s3prl_adapters.tools.gpu_check "$@"

@@ -77,8 +77,8 @@ def generate(root: str) -> None:
 _CHILD = """
 import json, os, sys, time, yaml
 import torch  # imported by run_downstream.py before the preflight runs
-from s3prl_adapters import compat, launcher
-from s3prl_adapters.preflight import check_corpus
+from s3prl_adapters.bridge import compat, launcher
+from s3prl_adapters.bridge.preflight import check_corpus
 task, root = sys.argv[1], sys.argv[2]
 with open(os.path.join(str(launcher.CONFIG_ROOT), task, "config.yaml")) as f:
     config = yaml.safe_load(f)

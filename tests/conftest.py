@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from fabricate import make_tiny_fsc  # noqa: E402
 
-from s3prl_adapters.backbone import make_tiny_wavlm  # noqa: E402
+from s3prl_adapters.method.backbone import make_tiny_wavlm  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(REPO, ".venv", "bin")

@@ -12,8 +12,8 @@ import pytest
 
 from conftest import REPO
 from s3prl_adapters.errors import UserError
-from s3prl_adapters.report import COLUMNS
-from s3prl_adapters.submission import build_submission
+from s3prl_adapters.tools.report import COLUMNS
+from s3prl_adapters.tools.submission import build_submission
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_a_killed_benchmark_resumes_bit_identically(tiny_ckpt, mini_corpus, tmp_
 
     import torch
 
-    from s3prl_adapters.compat import s3prl_checkpoints_fail_weights_only_load
+    from s3prl_adapters.bridge.compat import s3prl_checkpoints_fail_weights_only_load
 
     def cmd(out):
         return ["bash", os.path.join(REPO, "run_benchmarks.sh"), "--tasks", "fluent_commands", "--methods", "ladapter",

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import tool
-from s3prl_adapters.backbone import build_wavlm, parse_layer_spec, tiny_cfg
+from s3prl_adapters.method.backbone import build_wavlm, parse_layer_spec, tiny_cfg
 from s3prl_adapters.errors import UserError
 
 _TINY_SPEC = "[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2"
@@ -85,7 +85,7 @@ def test_layer_spec_parser_reads_literals_only():
 
 
 def test_loading_in_process_is_refused_too(tmp_path):
-    from s3prl_adapters.backbone import load_wavlm
+    from s3prl_adapters.method.backbone import load_wavlm
 
     path, marker = _crafted(tmp_path)
     with pytest.raises(UserError, match="cfg field 'conv_feature_layers' refused"):

@@ -1,4 +1,4 @@
-"""Each workaround in s3prl_adapters.compat, shown to be needed (the S3PRL behaviour is real) and to work."""
+"""Each workaround in s3prl_adapters.bridge.compat, shown to be needed (the S3PRL behaviour is real) and to work."""
 
 import subprocess
 import sys
@@ -10,7 +10,7 @@ _LOAD = """
 import argparse, pickle, sys, torch
 sys.argv = sys.argv[1:]
 if sys.argv[0] == "with":
-    from s3prl_adapters import compat
+    from s3prl_adapters.bridge import compat
     compat.s3prl_checkpoints_fail_weights_only_load()
 try:
     torch.load(sys.argv[1], map_location="cpu")
@@ -47,7 +47,7 @@ def test_weights_only_allowlist_admits_s3prl_args_and_nothing_more(tmp_path):
 def test_device_default_follows_cuda_availability():
     import torch
 
-    from s3prl_adapters.compat import device_defaults_to_cuda
+    from s3prl_adapters.bridge.compat import device_defaults_to_cuda
 
     want = "cuda" if torch.cuda.is_available() else "cpu"
     assert device_defaults_to_cuda(["-m", "train"])[-2:] == ["--device", want]
@@ -86,7 +86,7 @@ def test_runner_checkpoint_save_is_atomic_and_keeps_the_previous_one(tmp_path, m
     import torch
     from s3prl.downstream import runner
 
-    from s3prl_adapters import compat
+    from s3prl_adapters.bridge import compat
 
     compat.runner_checkpoints_can_be_lost_on_a_kill()
     old = tmp_path / "states-100.ckpt"
@@ -117,7 +117,7 @@ def test_runner_checkpoint_save_is_atomic_and_keeps_the_previous_one(tmp_path, m
 
 
 def test_torchrun_local_rank_is_passed_to_s3prl(monkeypatch):
-    from s3prl_adapters.compat import torchrun_sets_only_local_rank
+    from s3prl_adapters.bridge.compat import torchrun_sets_only_local_rank
 
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     assert torchrun_sets_only_local_rank(["-m", "train"]) == ["-m", "train"]
@@ -141,7 +141,7 @@ def test_crafted_experiment_checkpoint_is_refused_before_unpickling(tmp_path):
 # is SIGKILLed right after the step-4 dev-best.ckpt, before S3PRL writes states-4.ckpt.
 _KILL_BETWEEN_SAVES = """
 import os, signal, sys
-from s3prl_adapters import compat, launcher
+from s3prl_adapters.bridge import compat, launcher
 from s3prl.downstream.fluent_commands.expert import DownstreamExpert
 real_log_records = DownstreamExpert.log_records
 def log_records(self, mode, *args, **kwargs):
@@ -187,7 +187,7 @@ def test_sv_expert_cuda_calls_follow_the_features_device():
     device (cuda:1 under --device cuda:1; here, where no GPU may exist, the meta and CPU devices)."""
     import torch
 
-    from s3prl_adapters.compat import cuda_calls_go_to, sv_expert_hardcodes_cuda
+    from s3prl_adapters.bridge.compat import cuda_calls_go_to, sv_expert_hardcodes_cuda
 
     real = torch.Tensor.cuda
     for device in (torch.device("meta"), torch.device("cpu")):

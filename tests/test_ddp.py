@@ -18,7 +18,7 @@ _RECORDING = """
 import os, sys, time, torch
 import torch.distributed as dist
 from torch import nn
-from s3prl_adapters import launcher, runner_hook
+from s3prl_adapters.bridge import launcher, runner_hook
 out = os.environ["RECORD_PREFIX"] + os.environ["RANK"] + ".pt"
 barriers = []
 real_barrier = dist.barrier
@@ -121,9 +121,9 @@ def test_process_group_timeout_comes_from_the_flag_or_the_environment(monkeypatc
 
     import torch.distributed as dist
 
-    from s3prl_adapters import compat
+    from s3prl_adapters.bridge import compat
     from s3prl_adapters.errors import UserError
-    from s3prl_adapters.launcher import _take_ddp_timeout
+    from s3prl_adapters.bridge.launcher import _take_ddp_timeout
 
     assert _take_ddp_timeout(["-m", "train"]) == (compat.DDP_TIMEOUT_MINUTES, ["-m", "train"])
     monkeypatch.setenv("S3PRL_ADAPTERS_DDP_TIMEOUT_MIN", "90")

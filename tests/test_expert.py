@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from s3prl.upstream.wavlm.hubconf import wavlm_local
-from s3prl_adapters import hubconf
-from s3prl_adapters.config import AdapterConfig
-from s3prl_adapters.expert import AdapterWavLMExpert
+from s3prl_adapters.bridge import hubconf
+from s3prl_adapters.method.config import AdapterConfig
+from s3prl_adapters.method.expert import AdapterWavLMExpert
 
 METHOD_UPSTREAMS = sorted(hubconf.UPSTREAMS)
 
@@ -129,7 +129,7 @@ def test_adapter_only_state_round_trips_into_a_fresh_upstream(tiny_ckpt, upstrea
 
 
 def test_adapter_state_from_another_method_or_shape_is_refused(tiny_ckpt, tmp_path):
-    from s3prl_adapters.backbone import make_tiny_wavlm
+    from s3prl_adapters.method.backbone import make_tiny_wavlm
     from s3prl_adapters.errors import UserError
 
     l_only = hubconf.wavlm_ladapter_only(ckpt=tiny_ckpt)
@@ -141,7 +141,7 @@ def test_adapter_state_from_another_method_or_shape_is_refused(tiny_ckpt, tmp_pa
 
 
 def test_expert_takes_its_components(tiny_ckpt):
-    from s3prl_adapters.backbone import load_wavlm
+    from s3prl_adapters.method.backbone import load_wavlm
 
     expert = AdapterWavLMExpert(load_wavlm(tiny_ckpt), AdapterConfig(method="proposed", e_adapter_dim=8, l_adapter_dim=16))
     assert expert.l_adapters["0"].proj.out_features == 16

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import REPO, tool
-from s3prl_adapters import hubconf
-from s3prl_adapters.bench import ROWS
+from s3prl_adapters.bridge import hubconf
+from s3prl_adapters.tools.bench import GPU_ONLY_ROWS, ROWS
 
 
 def _loss_and_grads(expert, backbone_trains):
@@ -84,9 +84,18 @@ def test_bfloat16_autocast_stays_close_and_returns_float32(tmp_path):
         assert (w - g).norm() / w.norm() < 0.03  # ... and stays near bfloat16's precision (measured ~0.008)
 
 
-def test_bench_command_prints_every_row():
-    proc = subprocess.run([tool("s3prl-adapters"), "bench", "--shape", "tiny", "--seconds", "0.5", "--steps", "1",
-                           "--warmup", "0"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [line.split()[0] for line in proc.stdout.splitlines()[2:]]
-    assert rows == [r[0] for r in ROWS] and "ladapter+ckpt" in rows and "ladapter_only+cache" in rows
+def test_bench_command_prints_every_row(tmp_path):
+    def bench(*extra):
+        proc = subprocess.run([tool("s3prl-adapters"), "bench", "--shape", "tiny", "--seconds", "0.5", "--steps", "1",
+                               "--warmup", "0", "--device", "cpu", *extra], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return [line.split()[0] for line in proc.stdout.splitlines()[2:]]
+
+    rows = bench()  # on CPU every row but the float16 ones (GPU rows)
+    assert rows == [r[0] for r in ROWS if r[0] not in GPU_ONLY_ROWS]
+    assert "ladapter+ckpt" in rows and "ladapter_only+cache" in rows and "ladapter_only+cache(cold)" in rows
+    markdown = tmp_path / "bench.md"
+    assert bench("--methods", *GPU_ONLY_ROWS, "--markdown", str(markdown)) == ["finetune", "frozen", *GPU_ONLY_ROWS]
+    table = markdown.read_text()
+    assert "| finetune+fp16 | `wavlm_local -f` | runner_fp16: True |" in table
+    assert "| ladapter+fp16 | `wavlm_ladapter` | autocast: float16 |" in table

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import tool
-from s3prl_adapters import hubconf
+from s3prl_adapters.bridge import hubconf
 from s3prl_adapters.errors import UserError
-from s3prl_adapters.feature_cache import FeatureCache, FeatureCacheConfig, module_fingerprint
+from s3prl_adapters.bridge.feature_cache import FeatureCache, FeatureCacheConfig, module_fingerprint
 from test_runner import OVERRIDES
 
 
@@ -109,7 +109,7 @@ def test_cache_bounds(tmp_path):
 def test_disk_writes_do_not_hold_up_the_caller(tmp_path, monkeypatch):
     import threading
 
-    from s3prl_adapters import feature_cache
+    from s3prl_adapters.bridge import feature_cache
 
     release, real_replace = threading.Event(), os.replace
     monkeypatch.setattr(feature_cache.os, "replace", lambda a, b: release.wait(30) and real_replace(a, b))
@@ -141,7 +141,7 @@ def test_a_killed_run_s_temporary_files_are_removed_and_never_counted(tmp_path):
 
 
 def test_corpus_size_estimate():
-    from s3prl_adapters.feature_cache import corpus_bytes
+    from s3prl_adapters.bridge.feature_cache import corpus_bytes
 
     # WavLM Base+ L-only: 12 layer outputs x 768 x float16 at 50 frames/s, ~3.3 GB per hour
     assert corpus_bytes(1.0, 12, 768, 320) == 3600 * 50 * 12 * 768 * 2 == 3_317_760_000

@@ -9,8 +9,8 @@ import subprocess
 import torch
 
 from conftest import REPO, tool
-from s3prl_adapters.adapters import BottleneckAdapter
-from s3prl_adapters.mixed_precision import Fp16Training
+from s3prl_adapters.method.adapters import BottleneckAdapter
+from s3prl_adapters.bridge.mixed_precision import Fp16Training
 
 
 def test_a_gradient_below_float16_range_vanishes_unscaled_and_survives_scaled():

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from s3prl_adapters import hubconf
-from s3prl_adapters.backbone import load_wavlm
+from s3prl_adapters.bridge import hubconf
+from s3prl_adapters.method.backbone import load_wavlm
 from s3prl_adapters.errors import UserError
 
 

@@ -99,7 +99,7 @@ def _noisy_loader():
 
 def test_train_position_replays_a_pass_and_refuses_a_changed_split():
     from s3prl_adapters.errors import UserError
-    from s3prl_adapters.resume import TrainPosition
+    from s3prl_adapters.bridge.resume import TrainPosition
 
     torch.manual_seed(0)
     position = TrainPosition()
@@ -119,7 +119,7 @@ def test_train_position_replays_a_pass_and_refuses_a_changed_split():
 
 
 def test_rng_of_another_gpu_count_is_restored_as_far_as_it_fits(capsys):
-    from s3prl_adapters import resume
+    from s3prl_adapters.bridge import resume
 
     here = torch.cuda.device_count() if torch.cuda.is_available() else 0
     state = resume.capture_rng()

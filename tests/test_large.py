@@ -9,8 +9,8 @@ import torch
 
 from conftest import tool
 from s3prl.upstream.wavlm.hubconf import wavlm_local
-from s3prl_adapters import hubconf
-from s3prl_adapters.backbone import LARGE_CFG, load_wavlm, make_tiny_wavlm
+from s3prl_adapters.bridge import hubconf
+from s3prl_adapters.method.backbone import LARGE_CFG, load_wavlm, make_tiny_wavlm
 
 METHOD_UPSTREAMS = sorted(hubconf.UPSTREAMS)
 
@@ -149,7 +149,7 @@ def test_convert_hf_large_folder_matches_transformers(tmp_path):
 
 @pytest.mark.parametrize("do_normalize, expected", [(False, False), (None, True)])
 def test_normalisation_comes_from_the_preprocessor_config(tmp_path, do_normalize, expected):
-    from s3prl_adapters.hf_convert import convert_hf_folder
+    from s3prl_adapters.method.hf_convert import convert_hf_folder
 
     folder = tmp_path / "hf"
     _hf_large_folder(folder, do_normalize)

@@ -104,7 +104,7 @@ def test_a_passed_audio_check_is_remembered_until_a_file_changes(tiny_fsc, tmp_p
     import pandas as pd
 
     from s3prl_adapters.errors import UserError
-    from s3prl_adapters.preflight import check_listed_audio
+    from s3prl_adapters.bridge.preflight import check_listed_audio
 
     monkeypatch.setenv("S3PRL_ADAPTERS_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "fsc"
@@ -119,7 +119,7 @@ def test_a_passed_audio_check_is_remembered_until_a_file_changes(tiny_fsc, tmp_p
 
 
 def test_preflight_can_be_switched_off_and_skips_tasks_it_does_not_know(capsys):
-    from s3prl_adapters.preflight import check_corpus
+    from s3prl_adapters.bridge.preflight import check_corpus
 
     broken = {"downstream_expert": {"datarc": {"file_path": "/nope/fsc"}}, "runner": {}}
     assert check_corpus("fluent_commands", dict(broken, preflight=False)) is None
@@ -133,7 +133,7 @@ def test_preflight_can_be_switched_off_and_skips_tasks_it_does_not_know(capsys):
 def test_preflight_runs_on_rank_0_only(monkeypatch):
     import torch.distributed as dist
 
-    from s3prl_adapters.preflight import check_corpus
+    from s3prl_adapters.bridge.preflight import check_corpus
 
     broken = {"downstream_expert": {"datarc": {"file_path": "/nope/fsc"}}, "runner": {}}
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
@@ -145,7 +145,7 @@ def test_preflight_runs_on_rank_0_only(monkeypatch):
 
 
 def test_one_walk_per_start_serves_the_preflight_and_the_asv_length_cache(mini_corpus, tmp_path, monkeypatch):
-    from s3prl_adapters import compat, preflight
+    from s3prl_adapters.bridge import compat, preflight
     from s3prl_adapters.data.mini_superb import corpus_overrides
 
     monkeypatch.setenv("S3PRL_ADAPTERS_CACHE", str(tmp_path / "cache"))

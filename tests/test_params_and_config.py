@@ -6,9 +6,9 @@ import subprocess
 import pytest
 
 from conftest import tool
-from s3prl_adapters.config import adapter_config_from_dict, load_adapter_config
+from s3prl_adapters.method.config import adapter_config_from_dict, load_adapter_config
 from s3prl_adapters.errors import UserError
-from s3prl_adapters.params import parameter_table
+from s3prl_adapters.method.params import parameter_table
 
 # Reference-code counts, heads excluded (method.md §5 and §9).
 EXPECTED = {
@@ -36,8 +36,8 @@ def test_params_command_prints_json_for_a_checkpoint(tiny_ckpt):
 
 
 def test_l_only_with_layer_norms_matches_the_reference_code_count(tmp_path):
-    from s3prl_adapters.backbone import BASE_PLUS_CFG, build_wavlm
-    from s3prl_adapters.expert import AdapterWavLMExpert
+    from s3prl_adapters.method.backbone import BASE_PLUS_CFG, build_wavlm
+    from s3prl_adapters.method.expert import AdapterWavLMExpert
 
     cfg = adapter_config_from_dict("l_only", {"train_layer_norms": True})
     expert = AdapterWavLMExpert(build_wavlm(BASE_PLUS_CFG), cfg)

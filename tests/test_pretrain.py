@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from s3prl_adapters.pretrain import PretrainConfig, pretrain_tiny
+from s3prl_adapters.tools.pretrain import PretrainConfig, pretrain_tiny
 
 TOY = dict(layers=1, dim=32, cnn_channels=16, clusters=8, steps=150, batch=4, crop_seconds=1.0, lr=3e-3, mix_prob=0.0,
            corpus_utterances=12, seed=0)
@@ -31,7 +31,7 @@ def test_masked_prediction_loss_goes_down(toy_run):
 def test_checkpoint_loads_in_wavlm_local_and_adapters(toy_run):
     from s3prl.upstream.wavlm.hubconf import wavlm_local
 
-    from s3prl_adapters import hubconf
+    from s3prl_adapters.bridge import hubconf
 
     tmp, _ = toy_run
     wav = [torch.randn(16000)]
@@ -58,7 +58,7 @@ def test_committed_checkpoint_matches_its_recorded_hash_and_loads():
     assert hashlib.sha256(open(path, "rb").read()).hexdigest() == expected
     assert os.path.getsize(path) <= 20 * 2**20
     assert "s3prl-adapters pretrain-tiny" in record
-    from s3prl_adapters.backbone import load_wavlm
+    from s3prl_adapters.method.backbone import load_wavlm
 
     model = load_wavlm(path)
     assert (len(model.encoder.layers), model.cfg.encoder_embed_dim) == (4, 256)

@@ -55,7 +55,7 @@ def test_recipe_trains_and_evaluates_on_cpu(task, tiny_ckpt, mini_corpus, tmp_pa
 def test_sv_length_cache_is_per_corpus_and_outside_the_package(tiny_ckpt, mini_corpus, tmp_path):
     import s3prl.downstream.sv_voxceleb1 as sv
 
-    from s3prl_adapters.compat import _corpus_fingerprint
+    from s3prl_adapters.bridge.compat import _corpus_fingerprint
 
     installed_cache = os.path.join(os.path.dirname(sv.__file__), ".wav_lengths")
     before = os.listdir(installed_cache) if os.path.isdir(installed_cache) else None
@@ -92,7 +92,7 @@ def test_empty_train_split_stops_instead_of_looping(tiny_ckpt, mini_corpus, tmp_
 
 
 def test_relative_config_paths_resolve_against_the_config_file():
-    from s3prl_adapters.compat import relative_config_paths_resolve_against_cwd
+    from s3prl_adapters.bridge.compat import relative_config_paths_resolve_against_cwd
 
     config = {"downstream_expert": {"datarc": {"dict_path": "./char.dict", "libri_root": "/data/LibriSpeech", "n": 3}}}
     relative_config_paths_resolve_against_cwd(config, "/etc/configs/asr/config.yaml")

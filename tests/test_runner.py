@@ -21,7 +21,7 @@ OVERRIDES = (
 _RECORDING_LAUNCHER = """
 import sys, torch
 from torch import nn
-from s3prl_adapters import launcher, runner_hook
+from s3prl_adapters.bridge import launcher, runner_hook
 out = sys.argv[1]
 original_train = runner_hook.AdapterRunner.train
 def train(self):

@@ -23,7 +23,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from ..errors import UserError
+from s3prl_adapters.errors import UserError
 from . import prepare, texts
 from .synth import SR, Channel, Speaker, VoiceBank, random_speaker, synthesize, trim_silence
 

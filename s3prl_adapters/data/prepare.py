@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import soundfile as sf
 
-from ..errors import UserError
+from s3prl_adapters.errors import UserError
 
 # ---- LibriSpeech ---------------------------------------------------------------------------------
 

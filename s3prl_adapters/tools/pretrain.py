@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from s3prl.upstream.wavlm.modules import GradMultiply
 
-from .backbone import build_wavlm, save_checkpoint
-from .errors import UserError
+from s3prl_adapters.method.backbone import build_wavlm, save_checkpoint
+from s3prl_adapters.errors import UserError
 
 HOP, WIN = 320, 400  # 20 ms targets: one per WavLM frame
 
@@ -50,7 +50,7 @@ class PretrainConfig:
 
 
 def wavlm_cfg(cfg: PretrainConfig) -> dict:
-    from .backbone import BASE_PLUS_CFG
+    from s3prl_adapters.method.backbone import BASE_PLUS_CFG
 
     c = cfg.cnn_channels
     out = dict(BASE_PLUS_CFG)
@@ -65,9 +65,9 @@ def wavlm_cfg(cfg: PretrainConfig) -> dict:
 def generate_corpus(out_dir: str, n: int, seed: int) -> list:
     """Unlabelled speech from voices, sentences and channels of a random stream of its own
     (seed offset 1000), so no downstream test speaker or recording is reused."""
-    from .data import texts
-    from .data.mini_superb import Job, _jitter, _render, _ssml, _Speakers
-    from .data.synth import Channel
+    from s3prl_adapters.data import texts
+    from s3prl_adapters.data.mini_superb import Job, _jitter, _render, _ssml, _Speakers
+    from s3prl_adapters.data.synth import Channel
     from multiprocessing import Pool
 
     rng = np.random.default_rng([seed, 1000])

@@ -10,7 +10,7 @@ import re
 
 import torch
 
-from .errors import UserError
+from s3prl_adapters.errors import UserError
 
 
 def _cfg_from_hf(hf: dict, normalize: bool) -> dict:

@@ -15,11 +15,11 @@ from torch import nn
 
 from s3prl.downstream.runner import Runner
 
-from . import compat
-from .errors import UserError
-from .feature_cache import CachedUpstream, FeatureCache, FeatureCacheConfig, corpus_bytes
-from .hubconf import UPSTREAMS
-from .preflight import check_corpus
+from s3prl_adapters.bridge import compat
+from s3prl_adapters.errors import UserError
+from s3prl_adapters.bridge.feature_cache import CachedUpstream, FeatureCache, FeatureCacheConfig, corpus_bytes
+from s3prl_adapters.bridge.hubconf import UPSTREAMS
+from s3prl_adapters.bridge.preflight import check_corpus
 
 GROUPS = ("head", "featurizer", "l_adapter", "e_adapter", "layer_norm")
 

@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .errors import UserError
+from s3prl_adapters.errors import UserError
 
 CHECKPOINT_KEY = "ResumePosition"
 

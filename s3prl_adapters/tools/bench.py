@@ -58,10 +58,10 @@ def measure_one(name, upstream, finetune, settings, ckpt, batch, seconds, steps,
 
     from s3prl.upstream.interfaces import Featurizer
 
-    from .backbone import load_wavlm
-    from .config import METHODS, adapter_config_from_dict
-    from .expert import AdapterWavLMExpert
-    from .feature_cache import CachedUpstream, FeatureCacheConfig
+    from s3prl_adapters.method.backbone import load_wavlm
+    from s3prl_adapters.method.config import METHODS, adapter_config_from_dict
+    from s3prl_adapters.method.expert import AdapterWavLMExpert
+    from s3prl_adapters.bridge.feature_cache import CachedUpstream, FeatureCacheConfig
 
     settings = dict(settings)
     cached = settings.pop("feature_cache", False)
@@ -170,7 +170,7 @@ def _peak_memory_mb(device) -> float:
 def run_bench(ckpt, batch, seconds, steps, warmup, device, rows=ROWS) -> list:
     results = []
     for name, upstream, finetune, _ in rows:
-        cmd = [sys.executable, "-m", "s3prl_adapters.bench", "--child", name, "--checkpoint", ckpt, "--batch", str(batch),
+        cmd = [sys.executable, "-m", "s3prl_adapters.tools.bench", "--child", name, "--checkpoint", ckpt, "--batch", str(batch),
                "--seconds", str(seconds), "--steps", str(steps), "--warmup", str(warmup), "--device", device,
                "--threads", os.environ.get("OMP_NUM_THREADS", "1")]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -283,8 +283,8 @@ def main(argv=None):
     if args.child:
         return _child_main(args)
     if args.checkpoint:
-        from .backbone import check_wavlm_checkpoint_file
-        from .errors import UserError
+        from s3prl_adapters.method.backbone import check_wavlm_checkpoint_file
+        from s3prl_adapters.errors import UserError
 
         try:  # before any child loads it: S3PRL's WavLM eval()s a string of its cfg
             check_wavlm_checkpoint_file(args.checkpoint, "--checkpoint")
@@ -295,7 +295,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as d:
         ckpt = args.checkpoint
         if ckpt is None:
-            from .backbone import SHAPES, build_wavlm, make_tiny_wavlm, save_checkpoint
+            from s3prl_adapters.method.backbone import SHAPES, build_wavlm, make_tiny_wavlm, save_checkpoint
 
             ckpt = os.path.join(d, "wavlm.pt")
             save_checkpoint(build_wavlm(SHAPES[args.shape], seed=0), ckpt) if args.shape in SHAPES else make_tiny_wavlm(ckpt)

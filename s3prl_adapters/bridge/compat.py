@@ -102,7 +102,7 @@ def cache_root() -> str:
 def _corpus_fingerprint(roots) -> str:
     import hashlib
 
-    from .preflight import scan_tree
+    from s3prl_adapters.bridge.preflight import scan_tree
 
     h = hashlib.sha1()
     for root in roots:
@@ -243,7 +243,7 @@ def resume_restarts_the_interrupted_epoch(runner_instance) -> None:
     epoch, with every RNG freshly seeded, so a killed and resumed run sees other batches and other
     dropout masks than an uninterrupted one. Store the position inside the epoch and the RNG states
     with every checkpoint, and on resume replay the epoch up to that batch (`resume.TrainPosition`)."""
-    from .resume import CHECKPOINT_KEY, TrainPosition
+    from s3prl_adapters.bridge.resume import CHECKPOINT_KEY, TrainPosition
 
     saved = runner_instance.init_ckpt.get(CHECKPOINT_KEY)
     if runner_instance.init_ckpt.get("Step") and saved is None:
@@ -270,7 +270,7 @@ def fp16_training_is_unscaled_or_forgets_its_scale(runner_instance, upstream_aut
     in every checkpoint and restore it from `-e`. For an fp16 upstream alone, S3PRL's fp16 path is
     switched on for scaling only (`runner.fp16_scaler_only: true`, recorded in the config so that
     a resumed run keeps the head out of autocast)."""
-    from .mixed_precision import CHECKPOINT_KEY, Fp16Training
+    from s3prl_adapters.bridge.mixed_precision import CHECKPOINT_KEY, Fp16Training
 
     runner_config = runner_instance.config["runner"]
     scaler_only = bool(runner_config.get("fp16_scaler_only", False))

@@ -12,7 +12,7 @@ import torch
 
 from s3prl.upstream.wavlm.WavLM import WavLM, WavLMConfig
 
-from .errors import UserError
+from s3prl_adapters.errors import UserError
 
 # The URL S3PRL's own `wavlm_base_plus` entry resolves (s3prl/upstream/wavlm/hubconf.py).
 WAVLM_BASE_PLUS_URL = "https://huggingface.co/s3prl/converted_ckpts/resolve/main/wavlm_base_plus.pt"
@@ -202,7 +202,7 @@ def load_wavlm(path: str) -> WavLM:
     """Build S3PRL's WavLM from a `{'cfg','model'}` file (or a transformers WavLM folder) and load
     its weights strictly."""
     if os.path.isdir(path):
-        from .hf_convert import convert_hf_folder
+        from s3prl_adapters.method.hf_convert import convert_hf_folder
 
         ckpt = convert_hf_folder(path)
     else:

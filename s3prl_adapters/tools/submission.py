@@ -12,7 +12,7 @@ from typing import Dict, List, Optional
 
 import yaml
 
-from .errors import UserError
+from s3prl_adapters.errors import UserError
 
 ER_LABELS = {"neu", "hap", "ang", "sad"}
 

@@ -13,8 +13,8 @@ from typing import Dict, List
 import torch.utils.checkpoint
 from torch import nn
 
-from .adapters import BottleneckAdapter
-from .config import AdapterConfig
+from s3prl_adapters.method.adapters import BottleneckAdapter
+from s3prl_adapters.method.config import AdapterConfig
 
 
 class AdapterAfter(nn.Module):

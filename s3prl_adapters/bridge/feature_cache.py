@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from .errors import UserError
+from s3prl_adapters.errors import UserError
 
 
 @dataclass

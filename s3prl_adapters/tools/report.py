@@ -28,7 +28,7 @@ def _aggregate(results: List[dict]) -> Dict[tuple, dict]:
 
 
 def results_markdown(results: List[dict], wall_seconds: float = None) -> str:
-    from .benchmark import METHODS, TASKS
+    from s3prl_adapters.tools.benchmark import METHODS, TASKS
 
     agg = _aggregate(results)
     tasks = [t for t in TASKS if any(r["task"] == t for r in results)]
@@ -126,8 +126,8 @@ def plot_loss_curves(results: List[dict], path: str) -> None:
 
 
 def write_submissions(out: str, results: List[dict]) -> List[str]:
-    from .errors import UserError
-    from .submission import build_submission
+    from s3prl_adapters.errors import UserError
+    from s3prl_adapters.tools.submission import build_submission
 
     written = []
     for method in sorted({r["method"] for r in results}):

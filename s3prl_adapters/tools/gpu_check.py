@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from s3prl_adapters.paths import CONFIG_ROOT, DEFAULT_BACKBONE, REPO_ROOT as REPO
 BIN = os.path.dirname(sys.executable)
 
 
@@ -97,7 +97,7 @@ class GpuCheck:
     def standins(self) -> dict:
         root = self._corpus()
         out = os.path.join(self.out, "standins")
-        result = self._call([sys.executable, "-m", "s3prl_adapters.benchmark", "--steps", str(self.args.steps),
+        result = self._call([sys.executable, "-m", "s3prl_adapters.tools.benchmark", "--steps", str(self.args.steps),
                              "--device", self.args.device, "--jobs", str(self.args.jobs), "--mini-root", root, "-o", out, "--force"],
                             os.path.join(self.out, "standins.log"), timeout=min(360, self._left()))
         runs = []
@@ -121,9 +121,9 @@ class GpuCheck:
         yaml_path = os.path.join(work, "fp16.yaml")
         with open(yaml_path, "w") as f:
             f.write("autocast: float16\ne_adapter_dim: 85\nl_adapter_dim: 171\n")
-        from .data.mini_superb import corpus_overrides
+        from s3prl_adapters.data.mini_superb import corpus_overrides
 
-        backbone = os.path.join(REPO, "s3prl_adapters", "assets", "wavlm_tiny_pretrained.pt")
+        backbone = DEFAULT_BACKBONE
         total = self.args.fp16_steps
         overrides = (corpus_overrides("fluent_commands", root) + f",,config.runner.total_steps={total},,"
                      f"config.runner.save_step={max(1, total // 4)},,config.runner.eval_step={10 * total},,"
@@ -131,7 +131,7 @@ class GpuCheck:
 
         def train(expdir):
             return [_tool("run_downstream.py"), "-m", "train", "-u", "wavlm_ladapter", "-k", backbone, "-g", yaml_path,
-                    "-d", "fluent_commands", "-c", os.path.join(REPO, "downstream_configs", "fluent_commands", "mini.yaml"),
+                    "-d", "fluent_commands", "-c", os.path.join(CONFIG_ROOT, "fluent_commands", "mini.yaml"),
                     "-p", expdir, "--device", self.args.device, "--seed", "3", "-o", overrides]
 
         reference = os.path.join(work, "reference")
@@ -174,16 +174,16 @@ class GpuCheck:
         on_gpu = self.args.device.startswith("cuda")
         gpus = torch.cuda.device_count() if on_gpu else 2  # a CPU smoke run: 2 gloo ranks
         backend = "nccl" if on_gpu else "gloo"
-        from .data.mini_superb import corpus_overrides
+        from s3prl_adapters.data.mini_superb import corpus_overrides
 
         expdir = os.path.join(self.out, "nccl_ddp")
         shutil.rmtree(expdir, ignore_errors=True)
-        backbone = os.path.join(REPO, "s3prl_adapters", "assets", "wavlm_tiny_pretrained.pt")
+        backbone = DEFAULT_BACKBONE
         steps = "config.runner.total_steps={n},,config.runner.eval_step={n},,config.runner.save_step={n},,config.runner.log_step=5"
         base = [_tool("torchrun"), "--nproc_per_node", str(gpus), "--master_port", "29533", _tool("run_downstream.py")]
         result = {"world_size": gpus, "backend": backend}
         result["train"] = self._call(base + ["-m", "train", "-u", "wavlm_ladapter", "-k", backbone, "-d", "emotion",
-                                             "-c", os.path.join(REPO, "downstream_configs", "emotion", "mini.yaml"),
+                                             "-c", os.path.join(CONFIG_ROOT, "emotion", "mini.yaml"),
                                              "-p", expdir, "--device", self.args.device, "--backend", backend,
                                              "-o", corpus_overrides("emotion", root) + ",," + steps.format(n=10)],
                                      os.path.join(self.out, "nccl_ddp_train.log"), timeout=240)
@@ -208,7 +208,7 @@ class GpuCheck:
         import torch
 
         os.makedirs(self.out, exist_ok=True)
-        from .bench import machine_name
+        from s3prl_adapters.tools.bench import machine_name
 
         machine = {"gpu": machine_name(self.args.device), "gpus": torch.cuda.device_count(), "torch": torch.__version__,
                    "cuda": torch.version.cuda, "device": self.args.device, "git": _git_commit()}

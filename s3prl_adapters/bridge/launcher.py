@@ -11,14 +11,13 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .errors import UserError
+from s3prl_adapters.errors import UserError
 
-PACKAGE_ROOT = Path(__file__).resolve().parent
-CONFIG_ROOT = PACKAGE_ROOT.parent / "downstream_configs"
+from s3prl_adapters.paths import CONFIG_ROOT
 
 
 def shipped_config(task: str) -> Optional[Path]:
-    path = CONFIG_ROOT / task / "config.yaml"
+    path = Path(CONFIG_ROOT) / task / "config.yaml"
     return path if path.is_file() else None
 
 
@@ -52,7 +51,7 @@ def _check_backbone_file(upstream: Optional[str], ckpt: Optional[str], what: str
     """S3PRL's WavLM `eval()`s a string of the checkpoint's cfg; refuse anything but a literal before it
     loads (adapter upstreams check again when they load; stock `wavlm_local` loads `-k` itself)."""
     if upstream and upstream.startswith("wavlm") and ckpt and os.path.isfile(os.path.expanduser(ckpt)):
-        from .backbone import check_wavlm_checkpoint_file
+        from s3prl_adapters.method.backbone import check_wavlm_checkpoint_file
 
         check_wavlm_checkpoint_file(os.path.expanduser(ckpt), what)
 
@@ -61,7 +60,7 @@ def prepare_argv(argv: List[str]) -> List[str]:
     """Validate what S3PRL would only fail on later, and fill the defaults it gets wrong."""
     from s3prl import hub
 
-    from . import compat
+    from s3prl_adapters.bridge import compat
 
     args = _peek(argv)
     argv = compat.device_defaults_to_cuda(argv)
@@ -70,7 +69,7 @@ def prepare_argv(argv: List[str]) -> List[str]:
         if not os.path.exists(args.past_exp):
             raise UserError(f"-e {args.past_exp}: no such checkpoint or experiment directory")
         if os.path.isfile(args.past_exp):  # S3PRL loads it itself; refuse a bad file with a clear line first
-            from .backbone import read_checkpoint
+            from s3prl_adapters.method.backbone import read_checkpoint
 
             ckpt = read_checkpoint(args.past_exp, what="-e")
             if not isinstance(ckpt, dict) or "Args" not in ckpt:
@@ -81,7 +80,7 @@ def prepare_argv(argv: List[str]) -> List[str]:
         return argv
     if args.upstream is not None and not hasattr(hub, args.upstream):
         close = difflib.get_close_matches(args.upstream, [n for n in dir(hub) if not n.startswith("_")], n=5)
-        from .hubconf import UPSTREAMS
+        from s3prl_adapters.bridge.hubconf import UPSTREAMS
 
         raise UserError(
             f"-u {args.upstream}: unknown upstream; adapter upstreams: {sorted(UPSTREAMS)}"
@@ -111,9 +110,9 @@ def prepare_argv(argv: List[str]) -> List[str]:
 
 
 def run(argv: List[str], ddp_timeout_minutes: float) -> None:
-    from . import compat
-    from .hubconf import register
-    from .runner_hook import AdapterRunner
+    from s3prl_adapters.bridge import compat
+    from s3prl_adapters.bridge.hubconf import register
+    from s3prl_adapters.bridge.runner_hook import AdapterRunner
 
     compat.install_runtime_workarounds(compat.run_device(compat.device_defaults_to_cuda(argv)), ddp_timeout_minutes)
     register()
@@ -127,7 +126,7 @@ def run(argv: List[str], ddp_timeout_minutes: float) -> None:
 
 def _take_ddp_timeout(argv: List[str]):
     """Our own flag `--ddp_timeout MINUTES` (before S3PRL parses the rest), else the environment."""
-    from .compat import DDP_TIMEOUT_MINUTES
+    from s3prl_adapters.bridge.compat import DDP_TIMEOUT_MINUTES
 
     value, rest, i = os.environ.get("S3PRL_ADAPTERS_DDP_TIMEOUT_MIN"), [], 0
     source = "S3PRL_ADAPTERS_DDP_TIMEOUT_MIN"

@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from .adapters import LayerAdapter
-from .backbone import conv_layers
-from .config import AdapterConfig
-from .errors import UserError
-from .feature_cache import FeatureCache, FeatureCacheConfig, module_fingerprint
-from .surgery import attach_e_adapters, checkpoint_layer_activations, layer_norm_names
+from s3prl_adapters.method.adapters import LayerAdapter
+from s3prl_adapters.method.backbone import conv_layers
+from s3prl_adapters.method.config import AdapterConfig
+from s3prl_adapters.errors import UserError
+from s3prl_adapters.bridge.feature_cache import FeatureCache, FeatureCacheConfig, module_fingerprint
+from s3prl_adapters.method.attach import attach_e_adapters, checkpoint_layer_activations, layer_norm_names
 
 
 class AdapterWavLMExpert(nn.Module):

@@ -7,10 +7,10 @@ from typing import Optional
 
 from s3prl.util.download import _urls_to_filepaths
 
-from .backbone import WAVLM_BASE_PLUS_URL, load_wavlm
-from .config import METHODS, load_adapter_config
-from .errors import UserError
-from .expert import AdapterWavLMExpert
+from s3prl_adapters.method.backbone import WAVLM_BASE_PLUS_URL, load_wavlm
+from s3prl_adapters.method.config import METHODS, load_adapter_config
+from s3prl_adapters.errors import UserError
+from s3prl_adapters.method.expert import AdapterWavLMExpert
 
 
 def resolve_checkpoint(ckpt: Optional[str], refresh: bool = False) -> str:

@@ -3,11 +3,11 @@
 import argparse
 import sys
 
-from .errors import UserError
+from s3prl_adapters.errors import UserError
 
 
 def _make_tiny_wavlm(args):
-    from .backbone import make_tiny_wavlm
+    from s3prl_adapters.method.backbone import make_tiny_wavlm
 
     make_tiny_wavlm(args.out, layers=args.layers, dim=args.dim, seed=args.seed, large=args.large)
     layout = "pre-LN (Large layout)" if args.large else "post-LN (Base layout)"
@@ -15,14 +15,14 @@ def _make_tiny_wavlm(args):
 
 
 def _params(args):
-    from .params import format_table, parameter_table, to_json
+    from s3prl_adapters.method.params import format_table, parameter_table, to_json
 
     rows = parameter_table(args.backbone)
     print(to_json(rows) if args.json else format_table(rows))
 
 
 def _make_mini_superb(args):
-    from .data.mini_superb import make_mini_superb
+    from s3prl_adapters.data.mini_superb import make_mini_superb
 
     manifest = make_mini_superb(args.out, size=args.size, seed=args.seed, workers=args.workers, tasks=args.tasks)
     print(f"wrote {manifest['utterances']} utterances ({manifest['audio_hours']} h, "
@@ -30,13 +30,13 @@ def _make_mini_superb(args):
 
 
 def _corpus_overrides(args):
-    from .data.mini_superb import corpus_overrides
+    from s3prl_adapters.data.mini_superb import corpus_overrides
 
     print(corpus_overrides(args.task, args.root))
 
 
 def _prepare_librispeech(args):
-    from .data.prepare import librispeech_buckets
+    from s3prl_adapters.data.prepare import librispeech_buckets
 
     counts = librispeech_buckets(args.root, args.out, args.splits, ext=args.ext)
     for split, n in counts.items():
@@ -44,7 +44,7 @@ def _prepare_librispeech(args):
 
 
 def _prepare_iemocap(args):
-    from .data.prepare import iemocap_meta_data
+    from s3prl_adapters.data.prepare import iemocap_meta_data
 
     counts = iemocap_meta_data(args.root, args.out)
     print(f"wrote {args.out}/Session1..5/{{train,test}}_meta_data.json; test utterances per fold: {counts}")
@@ -55,7 +55,7 @@ def _prepare_voxceleb1(args):
 
     import numpy as np
 
-    from .data.prepare import check_trial_list, make_trials, voxceleb_files, write_lines
+    from s3prl_adapters.data.prepare import check_trial_list, make_trials, voxceleb_files, write_lines
 
     dev = voxceleb_files(os.path.join(args.root, "dev", "wav"))
     out = args.dev_trials or os.path.join(args.root, "dev_trials.txt")
@@ -70,7 +70,7 @@ def _prepare_voxceleb1(args):
 def _pretrain_tiny(args):
     from dataclasses import fields
 
-    from .pretrain import PretrainConfig, pretrain_tiny
+    from s3prl_adapters.tools.pretrain import PretrainConfig, pretrain_tiny
 
     cfg = PretrainConfig(**{f.name: getattr(args, f.name) for f in fields(PretrainConfig)})
     report = pretrain_tiny(args.out, cfg)
@@ -79,7 +79,7 @@ def _pretrain_tiny(args):
 
 
 def _submit(args):
-    from .submission import build_submission
+    from s3prl_adapters.tools.submission import build_submission
 
     er = {k: getattr(args, f"er_fold{k}") for k in range(1, 6) if getattr(args, f"er_fold{k}")}
     members = build_submission(args.output, asr=args.asr, ic=args.ic, er=er, sv=args.sv)
@@ -89,7 +89,7 @@ def _submit(args):
 
 
 def _convert_hf(args):
-    from .backbone import load_wavlm, save_checkpoint
+    from s3prl_adapters.method.backbone import load_wavlm, save_checkpoint
 
     save_checkpoint(load_wavlm(args.folder), args.out)  # load_wavlm validates the converted weights strictly
     print(f"wrote {args.out} (S3PRL {{'cfg','model'}} WavLM from {args.folder})")
@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from dataclasses import fields
 
-    from .pretrain import PretrainConfig
+    from s3prl_adapters.tools.pretrain import PretrainConfig
 
     p = sub.add_parser("pretrain-tiny", help="self-supervised pretraining of a small WavLM on generated speech")
     p.add_argument("out")
@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # its own parser (it re-invokes itself per method)
-        from .bench import main as bench_main
+        from s3prl_adapters.tools.bench import main as bench_main
 
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)

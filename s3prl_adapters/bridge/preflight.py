@@ -15,7 +15,7 @@ import stat
 import sys
 from typing import Dict, List, Optional, Tuple
 
-from .errors import UserError
+from s3prl_adapters.errors import UserError
 
 TASKS_WITH_CHECKS = ("asr", "fluent_commands", "emotion", "sv_voxceleb1")
 
@@ -174,7 +174,7 @@ def check_corpus(task: str, config: dict) -> Optional[dict]:
 
 
 def _stamp_path(task: str, stats: List[Tuple[str, int, int]]) -> str:
-    from .compat import cache_root
+    from s3prl_adapters.bridge.compat import cache_root
 
     digest = hashlib.sha1(task.encode())
     digest.update("\n".join(f"{p}:{size}:{mtime}" for p, size, mtime in stats).encode())

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import yaml
 
-from .errors import UserError
+from s3prl_adapters.errors import UserError
 
 # Upstream name -> method. The stock baselines (wavlm_local with and without -f) are S3PRL's own.
 METHODS = {

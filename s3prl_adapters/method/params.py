@@ -6,9 +6,9 @@ from typing import List
 
 from torch import nn
 
-from .backbone import SHAPES, build_wavlm, load_wavlm
-from .config import METHODS, AdapterConfig
-from .expert import AdapterWavLMExpert
+from s3prl_adapters.method.backbone import SHAPES, build_wavlm, load_wavlm
+from s3prl_adapters.method.config import METHODS, AdapterConfig
+from s3prl_adapters.method.expert import AdapterWavLMExpert
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The paper's experiment through S3PRL's own recipes: methods x tasks, results table, plots, submissions.
 
-`run_benchmarks.sh` runs `python -m s3prl_adapters.benchmark`. Every run is a real
+`run_benchmarks.sh` runs `python -m s3prl_adapters.tools.benchmark`. Every run is a real
 `run_downstream.py` train + evaluate in its own folder; a run whose `result.json` exists is skipped
 (`--force` redoes it) and an interrupted one resumes from its last checkpoint (S3PRL's `-a`)."""
 
@@ -16,12 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from .data.mini_superb import TASK_DIRS, corpus_overrides, make_mini_superb
-from .errors import UserError
-from .launcher import CONFIG_ROOT
+from s3prl_adapters.data.mini_superb import TASK_DIRS, corpus_overrides, make_mini_superb
+from s3prl_adapters.errors import UserError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_BACKBONE = os.path.join(REPO, "s3prl_adapters", "assets", "wavlm_tiny_pretrained.pt")
+from s3prl_adapters.paths import CONFIG_ROOT, DEFAULT_BACKBONE, REPO_ROOT as REPO
 
 
 @dataclass(frozen=True)
@@ -99,8 +97,8 @@ def _checkpoint_to_evaluate(expdir: str) -> str:
 
 def checkpoint_facts(ckpt_path: str, backbone: str) -> dict:
     """Parameter counts from what the run's checkpoint holds (the optimizer state says what trained)."""
-    from .backbone import read_checkpoint
-    from .compat import s3prl_checkpoints_fail_weights_only_load
+    from s3prl_adapters.method.backbone import read_checkpoint
+    from s3prl_adapters.bridge.compat import s3prl_checkpoints_fail_weights_only_load
 
     s3prl_checkpoints_fail_weights_only_load()  # S3PRL checkpoints hold an argparse.Namespace
     ckpt = read_checkpoint(ckpt_path, what="checkpoint")
@@ -155,7 +153,7 @@ class Benchmark:
             return os.path.abspath(self.args.backbone)
         if os.path.isfile(DEFAULT_BACKBONE):
             return DEFAULT_BACKBONE
-        from .backbone import make_tiny_wavlm
+        from s3prl_adapters.method.backbone import make_tiny_wavlm
 
         path = os.path.join(self.out, "wavlm_tiny_random.pt")
         if not os.path.exists(path):
@@ -166,7 +164,7 @@ class Benchmark:
         """The paper's adapter sizes are for width 768; scale them to a smaller backbone's width."""
         if self.args.adapter_config:
             return os.path.abspath(self.args.adapter_config)
-        from .backbone import read_checkpoint
+        from s3prl_adapters.method.backbone import read_checkpoint
 
         dim = read_checkpoint(backbone)["cfg"]["encoder_embed_dim"]
         if dim == 768:
@@ -307,7 +305,7 @@ class Benchmark:
         with ThreadPoolExecutor(max_workers=self.args.jobs) as pool:
             futures = [pool.submit(self.execute, r, i + 1, len(runs)) for i, r in enumerate(runs)]
             results = [f.result() for f in futures]
-        from .report import write_reports
+        from s3prl_adapters.tools.report import write_reports
 
         write_reports(self.out, results, wall_seconds=time.time() - started, args=vars(self.args))
         return results
