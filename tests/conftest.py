@@ -38,7 +38,7 @@ def tool(name):
 @pytest.fixture(scope="session")
 def mini_corpus(tmp_path_factory):
     """The default stand-in corpora (size small, seed 0): about 15 s on 2 cores."""
-    from s3prl_adapters.data.mini_superb import make_mini_superb
+    from s3prl_adapters.tasks import make_mini_superb
 
     root = str(tmp_path_factory.mktemp("mini_superb"))
     make_mini_superb(root, size="small", seed=0)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import REPO, tool
-from s3prl_adapters.data.mini_superb import corpus_overrides
+from s3prl_adapters.tasks import corpus_overrides
 
 # Each rank records its upstream's DDP-reduced parameters and final state.
 # Each rank records its upstream's DDP-reduced parameters and final state, and how often it waited

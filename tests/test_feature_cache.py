@@ -10,7 +10,7 @@ import torch
 from conftest import tool
 from s3prl_adapters.bridge import hubconf
 from s3prl_adapters.errors import UserError
-from s3prl_adapters.bridge.feature_cache import FeatureCache, FeatureCacheConfig, module_fingerprint
+from s3prl_adapters.bridge.feature_cache import FeatureCache, FeatureCacheConfig, attach_feature_cache, module_fingerprint
 from test_runner import OVERRIDES
 
 
@@ -38,7 +38,7 @@ def l_only(tiny_ckpt):
 def test_cache_gives_the_same_loss_and_gradients(l_only, tmp_path):
     wavs = _wavs(1)
     want_loss, want = _loss_and_grads(l_only, wavs)
-    cache = l_only.use_feature_cache(FeatureCacheConfig(dir=str(tmp_path)))
+    cache = attach_feature_cache(l_only, FeatureCacheConfig(dir=str(tmp_path)))
 
     first_loss, first = _loss_and_grads(l_only, wavs)  # all misses: computed exactly as without the cache
     assert (cache.hits, cache.misses) == (0, 3)
@@ -52,14 +52,14 @@ def test_cache_gives_the_same_loss_and_gradients(l_only, tmp_path):
 
     mixed = [wavs[2], _wavs(2, (11000,))[0], wavs[0]]  # hits and a miss in one batch, reordered
     loss, _ = _loss_and_grads(l_only, mixed)
-    l_only.feature_cache = None
+    l_only.state_source = None
     plain_loss, _ = _loss_and_grads(l_only, mixed)
     assert torch.allclose(loss, plain_loss, rtol=1e-2)
 
 
 def test_cache_misses_when_backbone_or_audio_changes(l_only, tiny_ckpt, tmp_path):
     wavs = _wavs(1)
-    cache = l_only.use_feature_cache(FeatureCacheConfig(dir=str(tmp_path)))
+    cache = attach_feature_cache(l_only, FeatureCacheConfig(dir=str(tmp_path)))
     with torch.no_grad():
         l_only(wavs)
         l_only(wavs)
@@ -73,13 +73,13 @@ def test_cache_misses_when_backbone_or_audio_changes(l_only, tiny_ckpt, tmp_path
 
     # A fresh process sees the disk tier; a backbone with one weight changed does not.
     again = hubconf.wavlm_ladapter_only(ckpt=tiny_ckpt).train()
-    disk = again.use_feature_cache(FeatureCacheConfig(dir=str(tmp_path), max_memory_mb=0))
+    disk = attach_feature_cache(again, FeatureCacheConfig(dir=str(tmp_path), max_memory_mb=0))
     with torch.no_grad():
         again(wavs)
     assert (disk.hits, disk.misses) == (3, 0)
     with torch.no_grad():
         again.model.encoder.layers[1].fc1.weight[0, 0] += 1e-4
-    changed = again.use_feature_cache(FeatureCacheConfig(dir=str(tmp_path)))
+    changed = attach_feature_cache(again, FeatureCacheConfig(dir=str(tmp_path)))
     assert changed.fingerprint != disk.fingerprint
     with torch.no_grad():
         again(wavs)
@@ -153,7 +153,7 @@ def test_cache_config_refusals(tiny_ckpt):
     with pytest.raises(UserError, match="'max_disk_mb' must be a number >= 0"):
         FeatureCacheConfig.from_config({"max_disk_mb": -1})
     with pytest.raises(UserError, match="method 'proposed' does not run a frozen, deterministic backbone"):
-        hubconf.wavlm_ladapter(ckpt=tiny_ckpt).use_feature_cache(FeatureCacheConfig())
+        attach_feature_cache(hubconf.wavlm_ladapter(ckpt=tiny_ckpt), FeatureCacheConfig())
     assert module_fingerprint(torch.nn.Linear(2, 2)) != module_fingerprint(torch.nn.Linear(2, 2))
 
 

@@ -124,10 +124,13 @@ def test_preflight_can_be_switched_off_and_skips_tasks_it_does_not_know(capsys):
     broken = {"downstream_expert": {"datarc": {"file_path": "/nope/fsc"}}, "runner": {}}
     assert check_corpus("fluent_commands", dict(broken, preflight=False)) is None
     assert "preflight: off (config preflight: false)" in capsys.readouterr().err
-    for task, config in (("speech_commands", broken), ("quesst14_dtw", {"downstream_expert": {}, "runner": {}}),
+    for task, config in (("example", broken), ("quesst14_dtw", {"downstream_expert": {}, "runner": {}}),
                          ("fluent_commands", {"downstream_expert": {"modelrc": {}}, "runner": {}})):
         assert check_corpus(task, config) is None  # no KeyError for a config without datarc
         assert f"preflight: no corpus checks for -d {task}" in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"-d speech_commands: config downstream_expert.datarc has no "
+                                        r"'speech_commands_root', which the recipe reads"):
+        check_corpus("speech_commands", broken)
 
 
 def test_preflight_runs_on_rank_0_only(monkeypatch):
@@ -146,12 +149,13 @@ def test_preflight_runs_on_rank_0_only(monkeypatch):
 
 def test_one_walk_per_start_serves_the_preflight_and_the_asv_length_cache(mini_corpus, tmp_path, monkeypatch):
     from s3prl_adapters.bridge import compat, preflight
-    from s3prl_adapters.data.mini_superb import corpus_overrides
+    from s3prl_adapters.data import files
+    from s3prl_adapters.tasks import corpus_overrides
 
     monkeypatch.setenv("S3PRL_ADAPTERS_CACHE", str(tmp_path / "cache"))
     walks = []
-    real_walk = preflight._walk
-    monkeypatch.setattr(preflight, "_walk", lambda root: walks.append(root) or real_walk(root))
+    real_walk = files._walk
+    monkeypatch.setattr(files, "_walk", lambda root: walks.append(root) or real_walk(root))
     datarc = {k.split(".")[-1]: v.strip("'") for k, v in (kv.split("=", 1) for kv in
               corpus_overrides("sv_voxceleb1", mini_corpus).split(",,"))}
     config = {"downstream_expert": {"datarc": datarc}, "runner": {}}

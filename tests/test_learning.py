@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, tool
-from s3prl_adapters.data.mini_superb import corpus_overrides
+from s3prl_adapters.tasks import corpus_overrides
 
 BACKBONE = os.path.join(REPO, "s3prl_adapters", "assets", "wavlm_tiny_pretrained.pt")
 G = os.path.join(REPO, "tests", "adapters_width256.yaml")

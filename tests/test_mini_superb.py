@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from s3prl_adapters.data.mini_superb import make_mini_superb
+from s3prl_adapters.tasks import make_mini_superb
 from s3prl_adapters.data.prepare import IEMOCAP_LABELS
 
 CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ' ")

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from conftest import REPO, tool
-from s3prl_adapters.data.mini_superb import corpus_overrides
+from s3prl_adapters.tasks import corpus_overrides
 
 TASKS = {
     # task: (evaluate split, metric line, prediction file, line pattern)

@@ -102,7 +102,7 @@ def cache_root() -> str:
 def _corpus_fingerprint(roots) -> str:
     import hashlib
 
-    from s3prl_adapters.bridge.preflight import scan_tree
+    from s3prl_adapters.data.files import scan_tree
 
     h = hashlib.sha1()
     for root in roots:
@@ -136,12 +136,72 @@ def sv_length_cache_lives_in_installed_package() -> None:
     cls.__init__ = __init__
 
 
-TASK_WORKAROUNDS = {"sv_voxceleb1": [sv_expert_hardcodes_cuda, sv_length_cache_lives_in_installed_package]}
+class DistributedSamplerWrapper(torch.utils.data.DistributedSampler):
+    """catalyst's sampler of the same name, as S3PRL's KS recipe uses it: every epoch the wrapped
+    sampler draws its indices (e.g. class-balanced, with replacement) and each rank takes its share."""
+
+    def __init__(self, sampler, num_replicas=None, rank=None, shuffle=True):
+        super().__init__(range(len(sampler)), num_replicas=num_replicas, rank=rank, shuffle=shuffle)
+        self.sampler = sampler
+
+    def __iter__(self):
+        drawn = list(self.sampler)
+        return iter([drawn[i] for i in super().__iter__()])
 
 
-def install_task_workarounds(task: str) -> None:
-    for workaround in TASK_WORKAROUNDS.get(task, []):
-        workaround()
+def speech_commands_imports_catalyst() -> None:
+    """S3PRL's KS recipe (`-d speech_commands`) imports `catalyst.data.sampler.DistributedSamplerWrapper`
+    at module top: an undeclared dependency whose last release pip can still install (21.5; 22.x has
+    metadata pip >= 24.1 refuses) fails to import on Python >= 3.10 (`collections.MutableMapping`).
+    Where catalyst does not import, register a `catalyst.data.sampler` module holding our own
+    DistributedSamplerWrapper, the one name the recipe uses."""
+    try:
+        from catalyst.data.sampler import DistributedSamplerWrapper as _  # noqa: F401
+        return
+    except Exception:  # not installed, or installed and broken (AttributeError on Python >= 3.10)
+        pass
+    import types
+
+    for name in ("catalyst", "catalyst.data", "catalyst.data.sampler"):
+        sys.modules[name] = types.ModuleType(name)
+    sys.modules["catalyst"].data = sys.modules["catalyst.data"]
+    sys.modules["catalyst.data"].sampler = sys.modules["catalyst.data.sampler"]
+    sys.modules["catalyst.data.sampler"].DistributedSamplerWrapper = DistributedSamplerWrapper
+
+
+def sid_file_lists_are_cached_inside_the_package() -> None:
+    """S3PRL's SID recipe (`-d voxceleb1`) caches each split's resolved file list in
+    `<installed s3prl>/downstream/voxceleb1/.cache/{train,dev,test}.pkl`, keyed by nothing: it writes
+    into the installed package, and another corpus or split file silently reuses the first one's
+    lists. Point that cache (the module's CACHE_PATH) into our cache folder, one sub-folder per
+    corpus root and split file content."""
+    import hashlib
+
+    from s3prl.downstream.voxceleb1 import dataset
+
+    cls = dataset.SpeakerClassifiDataset
+    if getattr(cls.__init__, "_s3prl_adapters_patch", False):
+        return
+    original = cls.__init__
+
+    def __init__(self, mode, file_path, meta_data, max_timestep=None):
+        key = hashlib.sha1(os.path.abspath(str(file_path)).encode())
+        with open(meta_data, "rb") as f:
+            key.update(f.read())
+        dataset.CACHE_PATH = os.path.join(cache_root(), "sid_file_lists", key.hexdigest()[:16]) + os.sep
+        original(self, mode, file_path, meta_data, max_timestep)
+
+    __init__._s3prl_adapters_patch = True
+    cls.__init__ = __init__
+
+
+def install_task_workarounds(downstream: str) -> None:
+    """The workarounds the task module of `downstream` names (none for recipes without a task module)."""
+    from s3prl_adapters.tasks import find_task
+
+    task = find_task(downstream)
+    for name in task.workarounds if task else ():
+        globals()[name]()
 
 
 class _RunnerAmp:

@@ -267,6 +267,21 @@ class FeatureCache:
         return rows
 
 
+def attach_feature_cache(expert, config: FeatureCacheConfig) -> FeatureCache:
+    """Serve the layer outputs an adapter expert's L-adapters read from a FeatureCache (L-only methods)."""
+    cfg = expert.adapter_config
+    if not expert.backbone_is_frozen_and_deterministic:
+        raise UserError(
+            f"config feature_cache: upstream method '{cfg.method}' does not run a frozen, "
+            f"deterministic backbone (it needs L-adapters only, train_layer_norms: false, backbone_dropout: false); "
+            f"use wavlm_ladapter_only or stock wavlm_local without -f, or drop the feature_cache section"
+        )
+    fingerprint = module_fingerprint(expert.model, f"layers={cfg.l_adapter_layers}", f"autocast={cfg.autocast}")
+    cache = FeatureCache(config, fingerprint, expert.get_downsample_rates("hidden_states"))
+    expert.state_source = cache.states
+    return cache
+
+
 class CachedUpstream(nn.Module):
     """A frozen S3PRL upstream (run by the runner under no_grad, in eval mode) behind the cache."""
 

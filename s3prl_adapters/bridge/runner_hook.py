@@ -17,9 +17,11 @@ from s3prl.downstream.runner import Runner
 
 from s3prl_adapters.bridge import compat
 from s3prl_adapters.errors import UserError
-from s3prl_adapters.bridge.feature_cache import CachedUpstream, FeatureCache, FeatureCacheConfig, corpus_bytes
+from s3prl_adapters.bridge.feature_cache import (CachedUpstream, FeatureCache, FeatureCacheConfig, attach_feature_cache,
+                                                 corpus_bytes)
 from s3prl_adapters.bridge.hubconf import UPSTREAMS
 from s3prl_adapters.bridge.preflight import check_corpus
+from s3prl_adapters.tasks import find_task
 
 GROUPS = ("head", "featurizer", "l_adapter", "e_adapter", "layer_norm")
 
@@ -119,7 +121,7 @@ class AdapterRunner(Runner):
         """After the Featurizer has probed the upstream, so its random probe is not cached."""
         upstream = _unwrap(self.upstream.model)
         if self.uses_adapter_upstream:
-            cache = upstream.use_feature_cache(cache_config)
+            cache = attach_feature_cache(upstream, cache_config)
         else:
             self.upstream.model = CachedUpstream(upstream, cache_config)
             cache = self.upstream.model.cache
@@ -215,12 +217,10 @@ class AdapterRunner(Runner):
                 raise
             batches = 0
         if batches == 0:
+            task = find_task(self.args.downstream)
             raise UserError(
                 f"-d {self.args.downstream}: the '{split}' split yields no training batch; "
-                f"check the corpus root and its lists"
-                + (" (ASR drops a final bucket of one utterance)" if self.args.downstream == "asr" else "")
-                + (" (ASV keeps only files longer than vad_config.min_sec after VAD)"
-                   if self.args.downstream == "sv_voxceleb1" else "")
+                f"check the corpus root and its lists" + (task.empty_train_hint if task else "")
             )
 
     def _note_missing_best_checkpoint(self):

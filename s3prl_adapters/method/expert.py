@@ -11,7 +11,7 @@ The module's `state_dict` holds only what trains, so S3PRL's checkpoints stay ad
 
 import math
 from contextlib import nullcontext
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,6 @@ from s3prl_adapters.method.adapters import LayerAdapter
 from s3prl_adapters.method.backbone import conv_layers
 from s3prl_adapters.method.config import AdapterConfig
 from s3prl_adapters.errors import UserError
-from s3prl_adapters.bridge.feature_cache import FeatureCache, FeatureCacheConfig, module_fingerprint
 from s3prl_adapters.method.attach import attach_e_adapters, checkpoint_layer_activations, layer_norm_names
 
 
@@ -59,7 +58,9 @@ class AdapterWavLMExpert(nn.Module):
         if cfg.checkpoint_activations and self._backbone_trains:
             checkpoint_layer_activations(self.model)
 
-        self.feature_cache = None
+        self.state_source: Optional[Callable] = None
+        """Where the L-adapters' inputs come from: None = the backbone, or f(wavs, compute) -> states
+        that calls `compute(wavs)` for what it does not have (the bridge's feature cache)."""
         self._captured: List[torch.Tensor] = []
         for layer in self.model.encoder.layers:  # as S3PRL's WavLM expert: the input of every layer
             layer.register_forward_pre_hook(lambda m, args: self._captured.append(args[0]))
@@ -125,18 +126,11 @@ class AdapterWavLMExpert(nn.Module):
             hidden_states = [h.float() for h in hidden_states]
         return {"hidden_states": hidden_states, "last_hidden_state": hidden_states[-1]}
 
-    def use_feature_cache(self, config: FeatureCacheConfig) -> FeatureCache:
-        """Serve the layer outputs the L-adapters read from a FeatureCache (L-only methods)."""
-        if not self.l_adapters or self._backbone_trains or self.adapter_config.backbone_dropout:
-            raise UserError(
-                f"config feature_cache: upstream method '{self.adapter_config.method}' does not run a frozen, "
-                f"deterministic backbone (it needs L-adapters only, train_layer_norms: false, backbone_dropout: false); "
-                f"use wavlm_ladapter_only or stock wavlm_local without -f, or drop the feature_cache section"
-            )
-        layers = self.adapter_config.l_adapter_layers
-        fingerprint = module_fingerprint(self.model, f"layers={layers}", f"autocast={self.adapter_config.autocast}")
-        self.feature_cache = FeatureCache(config, fingerprint, self._downsample_rate)
-        return self.feature_cache
+    @property
+    def backbone_is_frozen_and_deterministic(self) -> bool:
+        """Nothing inside the backbone trains and its dropout is off, so the states the L-adapters read
+        depend on the waveform alone (what a cache of them needs)."""
+        return bool(self.l_adapters) and not self._backbone_trains and not self.adapter_config.backbone_dropout
 
     def _l_adapter_inputs(self, wavs: List[torch.Tensor]) -> List[torch.Tensor]:
         """Layer i's output as the next layer (or, for the top layer, the head) sees it: state i + 1."""
@@ -145,8 +139,8 @@ class AdapterWavLMExpert(nn.Module):
 
     def _hidden_states(self, wavs: List[torch.Tensor]) -> List[torch.Tensor]:
         if self.l_adapters:
-            if self.feature_cache is not None:
-                inputs = self.feature_cache.states(wavs, self._l_adapter_inputs)
+            if self.state_source is not None:
+                inputs = self.state_source(wavs, self._l_adapter_inputs)
             else:
                 inputs = self._l_adapter_inputs(wavs)
             layers = self.adapter_config.l_adapter_layers

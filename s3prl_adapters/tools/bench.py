@@ -61,7 +61,7 @@ def measure_one(name, upstream, finetune, settings, ckpt, batch, seconds, steps,
     from s3prl_adapters.method.backbone import load_wavlm
     from s3prl_adapters.method.config import METHODS, adapter_config_from_dict
     from s3prl_adapters.method.expert import AdapterWavLMExpert
-    from s3prl_adapters.bridge.feature_cache import CachedUpstream, FeatureCacheConfig
+    from s3prl_adapters.bridge.feature_cache import CachedUpstream, FeatureCacheConfig, attach_feature_cache
 
     settings = dict(settings)
     cached = settings.pop("feature_cache", False)
@@ -82,7 +82,7 @@ def measure_one(name, upstream, finetune, settings, ckpt, batch, seconds, steps,
     cache_dir = tempfile.TemporaryDirectory() if cached == "cold" else None
     cache_config = FeatureCacheConfig(dir=cache_dir.name if cache_dir else None)
     if cached and adapters:
-        cache = model.use_feature_cache(cache_config)
+        cache = attach_feature_cache(model, cache_config)
     elif cached:
         model = CachedUpstream(model, cache_config)
         cache = model.cache

@@ -16,51 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from s3prl_adapters.data.mini_superb import TASK_DIRS, corpus_overrides, make_mini_superb
+from s3prl_adapters.tasks import PAPER_TASKS, TASKS, make_mini_superb
+from s3prl_adapters.tasks.base import overrides_string
+from s3prl_adapters.tools.catalogue import CACHEABLE, METHODS
+from s3prl_adapters.tools.report import write_reports
 from s3prl_adapters.errors import UserError
 
 from s3prl_adapters.paths import CONFIG_ROOT, DEFAULT_BACKBONE, REPO_ROOT as REPO
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    title: str
-    upstream: str
-    finetune: bool = False  # stock -f
-
-
-METHODS = {m.name: m for m in [
-    Method("finetune", "Fine-tuning (wavlm_local -f)", "wavlm_local", True),
-    Method("frozen", "Frozen weighted sum (SUPERB)", "wavlm_local"),
-    Method("houlsby", "Conventional adapters", "wavlm_houlsby"),
-    Method("eadapter", "E-adapters only", "wavlm_eadapter"),
-    Method("ladapter_only", "L-adapters only", "wavlm_ladapter_only"),
-    Method("ladapter", "L+E adapters (proposed)", "wavlm_ladapter"),
-]}
-
-
-# Methods whose backbone is frozen and deterministic, so --feature-cache applies to them.
-CACHEABLE = ("frozen", "ladapter_only")
-
-
-@dataclass(frozen=True)
-class Task:
-    name: str
-    title: str
-    split: str  # evaluated split
-    pattern: str  # S3PRL's printed metric line
-    metric: str
-    percent: float  # printed value x percent = %
-    higher_is_better: bool
-
-
-TASKS = {t.name: t for t in [
-    Task("asr", "ASR WER %", "test-clean", r"^test-clean wer: ([\d.eE+-]+)$", "wer", 1.0, False),
-    Task("fluent_commands", "IC acc %", "test", r"^test acc: ([\d.eE+-]+)$", "acc", 100.0, True),
-    Task("emotion", "ER acc %", "test", r"^test acc: ([\d.eE+-]+)$", "acc", 100.0, True),
-    Task("sv_voxceleb1", "ASV EER %", "test", r"^sv-voxceleb1/test-EER: ([\d.eE+-]+)$", "eer", 100.0, False),
-]}
 
 
 @dataclass
@@ -74,14 +36,6 @@ class Run:
     @property
     def label(self) -> str:
         return f"{self.task}/{self.method}/seed{self.seed}" + (f"/fold{self.fold}" if self.fold else "")
-
-
-def parse_metric(log_text: str, task: Task) -> float:
-    """The value S3PRL printed (the last matching line), as printed."""
-    values = [m.group(1) for line in log_text.splitlines() for m in [re.match(task.pattern, line.strip())] if m]
-    if not values:
-        raise UserError(f"no '{task.pattern}' line in the evaluation log")
-    return float(values[-1])
 
 
 def _checkpoint_to_evaluate(expdir: str) -> str:
@@ -176,26 +130,12 @@ class Benchmark:
         return path
 
     def overrides(self, task: str) -> str:
-        a = self.args
-        real = {
-            "asr": a.librispeech and f"config.downstream_expert.datarc.libri_root='{a.librispeech}',,"
-                                     f"config.downstream_expert.datarc.bucket_file='{a.librispeech_buckets or os.path.join(a.librispeech, 'len_for_bucket')}'",
-            "fluent_commands": a.fsc and f"config.downstream_expert.datarc.file_path='{a.fsc}'",
-            "emotion": a.iemocap and f"config.downstream_expert.datarc.root='{a.iemocap}',,"
-                                     f"config.downstream_expert.datarc.meta_data='{a.iemocap_meta or os.path.join(a.iemocap, 'meta_data')}'",
-            "sv_voxceleb1": a.voxceleb1 and f"config.downstream_expert.datarc.file_path='{a.voxceleb1}',,"
-                                            f"config.downstream_expert.datarc.test_meta_data='{a.sv_test_trials}',,"
-                                            f"config.downstream_expert.datarc.dev_meta_data='{a.sv_dev_trials or os.path.join(a.voxceleb1, 'dev_trials.txt')}'",
-        }[task]
-        return real or corpus_overrides(task, self.mini_root)
+        spec = TASKS[task]
+        return overrides_string(spec.real_corpus(self.args) or spec.standin_overrides(self.mini_root))
 
     def ensure_corpus(self, tasks: List[str]) -> None:
         self.mini_root = os.path.abspath(self.args.mini_root or os.path.join(self.out, "mini_superb"))
-        real = {"asr": self.args.librispeech, "fluent_commands": self.args.fsc, "emotion": self.args.iemocap,
-                "sv_voxceleb1": self.args.voxceleb1}
-        missing = [t for t in tasks if not real[t] and not os.path.isdir(os.path.join(self.mini_root, TASK_DIRS[t]))]
-        if self.args.voxceleb1 and not self.args.sv_test_trials and "sv_voxceleb1" in tasks:
-            raise UserError("--voxceleb1 needs --sv-test-trials (the official veri_test2.txt)")
+        missing = [t for t in tasks if TASKS[t].real_corpus(self.args) is None and not TASKS[t].standin_ready(self.mini_root)]
         if missing:
             print(f"[benchmark] generating stand-in corpora for {missing} in {self.mini_root}", file=sys.stderr)
             make_mini_superb(self.mini_root, seed=0, tasks=missing)
@@ -219,7 +159,7 @@ class Benchmark:
         config = os.path.join(CONFIG_ROOT, run.task, "config.yaml" if a.full_configs else "mini.yaml")
         overrides = self.overrides(run.task)
         if run.fold:
-            overrides += f",,config.downstream_expert.datarc.test_fold='fold{run.fold}'"
+            overrides += ",," + overrides_string(task.fold_overrides(run.fold))
         if a.steps:
             # A checkpoint halfway, so an interrupted run resumes from there.
             overrides += (f",,config.runner.total_steps={a.steps},,config.runner.eval_step={a.steps},,"
@@ -239,9 +179,10 @@ class Benchmark:
         evaluate_log = os.path.join(run.expdir, "evaluate.log")
         if os.path.exists(evaluate_log):
             os.remove(evaluate_log)
-        _run_logged([launcher, "-m", "evaluate", "-e", ckpt, "-t", task.split, "--device", a.device],
+        _run_logged([launcher, "-m", "evaluate", "-e", ckpt, "-t", task.evaluated_split, "--device", a.device],
                     evaluate_log, stream, env)
-        value = parse_metric(open(evaluate_log).read(), task)
+        with open(evaluate_log) as f:
+            value = task.parse_metric(f.read())
         result = {
             "task": run.task, "method": run.method, "upstream": method.upstream + (" -f" if method.finetune else ""),
             "seed": run.seed, "fold": run.fold, "metric": task.metric, "metric_value": value,
@@ -275,7 +216,7 @@ class Benchmark:
         for task in self.args.tasks:
             for method in self.args.methods:
                 for seed in self.args.seeds:
-                    folds = self.args.er_folds if task == "emotion" else [None]
+                    folds = self.args.er_folds if TASKS[task].folds else [None]
                     for fold in folds:
                         r = Run(task, method, seed, fold)
                         r.expdir = os.path.join(self.out, "runs", task, method, f"seed{seed}" + (f"_fold{fold}" if fold else ""))
@@ -305,7 +246,6 @@ class Benchmark:
         with ThreadPoolExecutor(max_workers=self.args.jobs) as pool:
             futures = [pool.submit(self.execute, r, i + 1, len(runs)) for i, r in enumerate(runs)]
             results = [f.result() for f in futures]
-        from s3prl_adapters.tools.report import write_reports
 
         write_reports(self.out, results, wall_seconds=time.time() - started, args=vars(self.args))
         return results
@@ -314,7 +254,8 @@ class Benchmark:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run_benchmarks.sh", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", nargs="+", default=list(TASKS), help=f"subset of {list(TASKS)}")
+    p.add_argument("--tasks", nargs="+", default=PAPER_TASKS,
+                   help=f"any of {list(TASKS)} (default: the paper's four, {PAPER_TASKS})")
     p.add_argument("--methods", nargs="+", default=list(METHODS), help=f"subset of {list(METHODS)}")
     p.add_argument("--seeds", nargs="+", type=int, default=[1337])
     p.add_argument("--er-folds", nargs="+", type=int, default=[1], help="emotion folds; 1 2 3 4 5 for SUPERB's protocol")
@@ -327,14 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full-configs", action="store_true", help="downstream_configs/<task>/config.yaml instead of mini.yaml")
     p.add_argument("-o", "--output", default="benchmark_results")
     p.add_argument("--mini-root", help="stand-in corpora folder (generated if missing)")
-    p.add_argument("--librispeech", help="real LibriSpeech root")
-    p.add_argument("--librispeech-buckets", help="its len_for_bucket folder (default ROOT/len_for_bucket)")
-    p.add_argument("--fsc", help="real Fluent Speech Commands root")
-    p.add_argument("--iemocap", help="real IEMOCAP root")
-    p.add_argument("--iemocap-meta", help="its meta-data folder (default ROOT/meta_data)")
-    p.add_argument("--voxceleb1", help="real VoxCeleb1 root")
-    p.add_argument("--sv-test-trials", help="official trial list for --voxceleb1")
-    p.add_argument("--sv-dev-trials", help="dev trial list (default ROOT/dev_trials.txt)")
+    added = set()
+    for task in TASKS.values():  # each task's flags pointing it at its real corpus (shared flags once)
+        for flag, help_text in task.corpus_flags():
+            if flag not in added:
+                p.add_argument(flag, help=f"{help_text} [{task.name}]")
+                added.add(flag)
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--jobs", type=int, default=None, help="runs at a time (default: 2 on CPU, 1 on GPU)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")

@@ -1,9 +1,12 @@
-"""`s3prl-adapters`: the package's tools (checkpoints, parameter report, ...)."""
+"""`s3prl-adapters`: the package's tools (checkpoints, parameter report, stand-in corpora, corpus
+preparation, cost benchmark, SUPERB submission, pretraining). Every command imports what it needs
+when it runs, so `--help`, `submit` and the like start without torch."""
 
 import argparse
 import sys
 
 from s3prl_adapters.errors import UserError
+from s3prl_adapters.tasks import PAPER_TASKS, TASKS
 
 
 def _make_tiny_wavlm(args):
@@ -22,7 +25,7 @@ def _params(args):
 
 
 def _make_mini_superb(args):
-    from s3prl_adapters.data.mini_superb import make_mini_superb
+    from s3prl_adapters.tasks import make_mini_superb
 
     manifest = make_mini_superb(args.out, size=args.size, seed=args.seed, workers=args.workers, tasks=args.tasks)
     print(f"wrote {manifest['utterances']} utterances ({manifest['audio_hours']} h, "
@@ -30,41 +33,9 @@ def _make_mini_superb(args):
 
 
 def _corpus_overrides(args):
-    from s3prl_adapters.data.mini_superb import corpus_overrides
+    from s3prl_adapters.tasks import corpus_overrides
 
     print(corpus_overrides(args.task, args.root))
-
-
-def _prepare_librispeech(args):
-    from s3prl_adapters.data.prepare import librispeech_buckets
-
-    counts = librispeech_buckets(args.root, args.out, args.splits, ext=args.ext)
-    for split, n in counts.items():
-        print(f"{args.out}/{split}.csv: {n} utterances")
-
-
-def _prepare_iemocap(args):
-    from s3prl_adapters.data.prepare import iemocap_meta_data
-
-    counts = iemocap_meta_data(args.root, args.out)
-    print(f"wrote {args.out}/Session1..5/{{train,test}}_meta_data.json; test utterances per fold: {counts}")
-
-
-def _prepare_voxceleb1(args):
-    import os
-
-    import numpy as np
-
-    from s3prl_adapters.data.prepare import check_trial_list, make_trials, voxceleb_files, write_lines
-
-    dev = voxceleb_files(os.path.join(args.root, "dev", "wav"))
-    out = args.dev_trials or os.path.join(args.root, "dev_trials.txt")
-    trials = make_trials(dev, args.n_dev_trials, np.random.default_rng(args.seed))
-    write_lines(out, trials)
-    print(f"wrote {out} ({len(trials)} dev trials over {len(dev)} speakers; read by the recipe at start-up)")
-    if args.test_trials:
-        n = check_trial_list(args.test_trials, os.path.join(args.root, "test", "wav"))
-        print(f"checked {args.test_trials}: {n} trials, every file present, both labels")
 
 
 def _pretrain_tiny(args):
@@ -79,13 +50,14 @@ def _pretrain_tiny(args):
 
 
 def _submit(args):
-    from s3prl_adapters.tools.submission import build_submission
+    from s3prl_adapters.tools.submission import build_submission, experiments_from_args, incomplete_folds
 
-    er = {k: getattr(args, f"er_fold{k}") for k in range(1, 6) if getattr(args, f"er_fold{k}")}
-    members = build_submission(args.output, asr=args.asr, ic=args.ic, er=er, sv=args.sv)
+    experiments = experiments_from_args(args)
+    members = build_submission(args.output, **experiments)
     print(f"wrote {args.output}: " + ", ".join(members))
-    if er and len(er) < 5:
-        print("note: SUPERB scores ER only with all 5 folds")
+    note = incomplete_folds(experiments)
+    if note:
+        print(note)
 
 
 def _convert_hf(args):
@@ -119,53 +91,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_params)
 
-    p = sub.add_parser("make-mini-superb", help="generate the four stand-in corpora (offline, espeak-ng)")
+    p = sub.add_parser("make-mini-superb", help="generate stand-in corpora in the recipes' layouts (offline, espeak-ng)")
     p.add_argument("out")
     p.add_argument("--size", default="small", choices=["small", "medium"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--tasks", nargs="+", default=None, help="subset of asr fluent_commands emotion sv_voxceleb1")
+    p.add_argument("--tasks", nargs="+", default=None, choices=list(TASKS), metavar="TASK",
+                   help=f"any of {list(TASKS)} (default: the paper's four, {PAPER_TASKS})")
     p.set_defaults(func=_make_mini_superb)
 
     p = sub.add_parser("corpus-overrides", help="print the -o string pointing a recipe at a make-mini-superb corpus")
-    p.add_argument("task", choices=["asr", "fluent_commands", "emotion", "sv_voxceleb1"])
+    p.add_argument("task", choices=list(TASKS))
     p.add_argument("root")
     p.set_defaults(func=_corpus_overrides)
 
-    p = sub.add_parser("prepare-librispeech", help="write the ASR recipe's length-bucket CSVs (non-interactive)")
-    p.add_argument("root", help="LibriSpeech folder holding train-clean-100/, dev-clean/, test-clean/")
-    p.add_argument("out", help="bucket folder, e.g. ROOT/len_for_bucket (the config's bucket_file)")
-    p.add_argument("--splits", nargs="+", default=["train-clean-100", "dev-clean", "test-clean"])
-    p.add_argument("--ext", default=".flac")
-    p.set_defaults(func=_prepare_librispeech)
-
-    p = sub.add_parser("prepare-iemocap", help="write the emotion recipe's leave-one-session-out meta data")
-    p.add_argument("root", help="IEMOCAP folder holding Session1..Session5")
-    p.add_argument("out", help="meta-data folder (the config's meta_data)")
-    p.set_defaults(func=_prepare_iemocap)
-
-    p = sub.add_parser("prepare-voxceleb1", help="write the ASV recipe's dev trial list and check the test list")
-    p.add_argument("root", help="VoxCeleb1 folder holding dev/wav and test/wav")
-    p.add_argument("--test-trials", help="official trial list to check (e.g. veri_test2.txt)")
-    p.add_argument("--dev-trials", help="where to write the dev list (default ROOT/dev_trials.txt)")
-    p.add_argument("--n-dev-trials", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_prepare_voxceleb1)
+    for task in TASKS.values():  # prepare-librispeech, prepare-iemocap, prepare-voxceleb1, ...
+        task.add_prepare_command(sub)
 
     sub.add_parser("bench", help="training/inference cost of every method vs S3PRL fine-tuning (see bench --help)")
 
     p = sub.add_parser("submit", help="validate S3PRL test predictions and zip them in the SUPERB layout")
-    p.add_argument("--asr", help="asr experiment folder (test-clean-noLM-hyp.ark)")
-    p.add_argument("--ic", help="fluent_commands experiment folder (test_predict.csv)")
-    for k in range(1, 6):
-        p.add_argument(f"--er-fold{k}", dest=f"er_fold{k}", help=f"emotion fold{k} experiment folder")
-    p.add_argument("--sv", help="sv_voxceleb1 experiment folder (test_predict.txt)")
+    from s3prl_adapters.tools.submission import add_arguments
+
+    add_arguments(p)
     p.add_argument("-o", "--output", default="predict.zip")
     p.set_defaults(func=_submit)
 
     from dataclasses import fields
 
-    from s3prl_adapters.tools.pretrain import PretrainConfig
+    from s3prl_adapters.tools.pretrain_config import PretrainConfig
 
     p = sub.add_parser("pretrain-tiny", help="self-supervised pretraining of a small WavLM on generated speech")
     p.add_argument("out")

@@ -121,7 +121,7 @@ class GpuCheck:
         yaml_path = os.path.join(work, "fp16.yaml")
         with open(yaml_path, "w") as f:
             f.write("autocast: float16\ne_adapter_dim: 85\nl_adapter_dim: 171\n")
-        from s3prl_adapters.data.mini_superb import corpus_overrides
+        from s3prl_adapters.tasks import corpus_overrides
 
         backbone = DEFAULT_BACKBONE
         total = self.args.fp16_steps
@@ -174,7 +174,7 @@ class GpuCheck:
         on_gpu = self.args.device.startswith("cuda")
         gpus = torch.cuda.device_count() if on_gpu else 2  # a CPU smoke run: 2 gloo ranks
         backend = "nccl" if on_gpu else "gloo"
-        from s3prl_adapters.data.mini_superb import corpus_overrides
+        from s3prl_adapters.tasks import corpus_overrides
 
         expdir = os.path.join(self.out, "nccl_ddp")
         shutil.rmtree(expdir, ignore_errors=True)

@@ -13,7 +13,7 @@ import glob
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import soundfile as sf
@@ -26,27 +26,9 @@ from s3prl.upstream.wavlm.modules import GradMultiply
 
 from s3prl_adapters.method.backbone import build_wavlm, save_checkpoint
 from s3prl_adapters.errors import UserError
+from s3prl_adapters.tools.pretrain_config import PretrainConfig
 
 HOP, WIN = 320, 400  # 20 ms targets: one per WavLM frame
-
-
-@dataclass
-class PretrainConfig:
-    """Everything that decides the pretrained checkpoint (recorded next to it)."""
-
-    layers: int = 4  # encoder layers
-    dim: int = 256  # encoder width (FFN 4x, 4 heads)
-    cnn_channels: int = 64  # CNN feature extractor width (Base: 512)
-    clusters: int = 100  # k-means targets on MFCC+deltas
-    steps: int = 3000  # optimizer steps
-    batch: int = 8  # utterances per step
-    crop_seconds: float = 2.0  # random crop per utterance
-    lr: float = 5e-4  # peak Adam learning rate (linear warm-up 8 %, linear decay)
-    mask_prob: float = 0.65  # WavLM/HuBERT span masking
-    mask_length: int = 10
-    mix_prob: float = 0.2  # utterance-mixing probability (WavLM denoising)
-    seed: int = 0
-    corpus_utterances: int = 3000  # generated unlabelled utterances
 
 
 def wavlm_cfg(cfg: PretrainConfig) -> dict:
@@ -66,12 +48,12 @@ def generate_corpus(out_dir: str, n: int, seed: int) -> list:
     """Unlabelled speech from voices, sentences and channels of a random stream of its own
     (seed offset 1000), so no downstream test speaker or recording is reused."""
     from s3prl_adapters.data import texts
-    from s3prl_adapters.data.mini_superb import Job, _jitter, _render, _ssml, _Speakers
+    from s3prl_adapters.data.mini_superb import Job, Speakers, jitter, render_job, ssml
     from s3prl_adapters.data.synth import Channel
     from multiprocessing import Pool
 
     rng = np.random.default_rng([seed, 1000])
-    voices = _Speakers(os.path.join(out_dir, ".voices"), rng, "pt")
+    voices = Speakers(os.path.join(out_dir, ".voices"), rng, "pt")
     speakers = [voices.new() for _ in range(120)]
     jobs = []
     for i in range(n):
@@ -81,11 +63,11 @@ def generate_corpus(out_dir: str, n: int, seed: int) -> list:
             text = texts.command(rng, phrases)
         else:
             text = texts.sentence(rng)
-        pitch, rate = _jitter(rng, sp)
-        jobs.append(Job(voices.bank.root, sp.base_voice, sp.name, _ssml(text), pitch, rate, Channel.draw(rng),
+        pitch, rate = jitter(rng, sp)
+        jobs.append(Job(voices.bank.root, sp.base_voice, sp.name, ssml(text), pitch, rate, Channel.draw(rng),
                         os.path.join(out_dir, f"{i:05d}.wav"), "WAV"))
     with Pool(2) as pool:
-        list(tqdm(pool.imap(_render, jobs, chunksize=16), total=len(jobs), desc="pretraining corpus", disable=None))
+        list(tqdm(pool.imap(render_job, jobs, chunksize=16), total=len(jobs), desc="pretraining corpus", disable=None))
     voices.bank.remove()
     return sorted(glob.glob(os.path.join(out_dir, "*.wav")))
 

@@ -10,6 +10,11 @@ from collections import defaultdict
 from statistics import mean, stdev
 from typing import Dict, List
 
+from s3prl_adapters.errors import UserError
+from s3prl_adapters.tasks import TASKS
+from s3prl_adapters.tools.catalogue import METHODS
+from s3prl_adapters.tools.submission import build_submission
+
 COLUMNS = ["task", "method", "upstream", "seed", "fold", "metric", "metric_value", "metric_percent",
            "trainable_params", "head_params", "total_params", "train_seconds", "peak_rss_mb", "checkpoint_bytes",
            "evaluated_checkpoint", "backbone", "git_commit", "expdir"]
@@ -28,8 +33,6 @@ def _aggregate(results: List[dict]) -> Dict[tuple, dict]:
 
 
 def results_markdown(results: List[dict], wall_seconds: float = None) -> str:
-    from s3prl_adapters.tools.benchmark import METHODS, TASKS
-
     agg = _aggregate(results)
     tasks = [t for t in TASKS if any(r["task"] == t for r in results)]
     methods = [m for m in METHODS if any(r["method"] == m for r in results)]
@@ -126,20 +129,20 @@ def plot_loss_curves(results: List[dict], path: str) -> None:
 
 
 def write_submissions(out: str, results: List[dict]) -> List[str]:
-    from s3prl_adapters.errors import UserError
-    from s3prl_adapters.tools.submission import build_submission
-
+    """One predict.zip per method, from the first seed's runs of every task."""
     written = []
     for method in sorted({r["method"] for r in results}):
-        first = {}
+        experiments = {}
         for r in results:
             if r["method"] == method and r["seed"] == min(x["seed"] for x in results):
-                first.setdefault((r["task"], r["fold"]), r["expdir"])
-        er = {fold: d for (task, fold), d in first.items() if task == "emotion"}
+                task = TASKS[r["task"]]
+                if task.folds:
+                    experiments.setdefault(task.key, {}).setdefault(r["fold"], r["expdir"])
+                else:
+                    experiments.setdefault(task.key, r["expdir"])
         path = os.path.join(out, "submission", method, "predict.zip")
         try:
-            build_submission(path, asr=first.get(("asr", None)), ic=first.get(("fluent_commands", None)),
-                             er=er, sv=first.get(("sv_voxceleb1", None)))
+            build_submission(path, **experiments)
             written.append(path)
         except UserError as e:
             print(f"[benchmark] no predict.zip for {method}: {e}", file=sys.stderr)

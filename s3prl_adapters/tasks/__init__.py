@@ -1,0 +1,68 @@
+"""One module per SUPERB recipe of S3PRL, each a `Task` (tasks/base.py) stating everything the package
+knows about it; this registry collects every module's `TASK`. Adding a recipe = adding a module here
+plus `downstream_configs/<name>/{config,mini}.yaml`."""
+
+import importlib
+import pkgutil
+from typing import Dict, List, Optional, Sequence
+
+from s3prl_adapters.errors import UserError
+
+from .base import Task, overrides_string
+
+
+def _collect() -> Dict[str, Task]:
+    found = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name == "base":
+            continue
+        task = getattr(importlib.import_module(f"{__name__}.{info.name}"), "TASK", None)
+        if isinstance(task, Task):
+            found[task.name] = task
+    # the paper's four first (their order in the results table), then the others by name
+    order = ["asr", "fluent_commands", "emotion", "sv_voxceleb1"]
+    return dict(sorted(found.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
+
+
+TASKS: Dict[str, Task] = _collect()
+"""S3PRL downstream name -> Task."""
+
+PAPER_TASKS: List[str] = [name for name, task in TASKS.items() if task.paper_task]
+"""The four tasks of Otake et al.: the default of run_benchmarks.sh and make-mini-superb."""
+
+
+def get_task(name: str, what: str = "task") -> Task:
+    if name not in TASKS:
+        raise UserError(f"{what} '{name}': unknown; valid: {list(TASKS)}")
+    return TASKS[name]
+
+
+def find_task(name: str) -> Optional[Task]:
+    """The task of an S3PRL downstream name, or None for a recipe the package has no knowledge of."""
+    return TASKS.get(name)
+
+
+def corpus_overrides(task: str, root: str) -> str:
+    """The `-o` string that points a recipe's config at the stand-in corpus under `root`."""
+    return overrides_string(get_task(task).standin_overrides(root))
+
+
+def make_mini_superb(out: str, size: str = "small", seed: int = 0, workers: int = 2,
+                     tasks: Optional[Sequence[str]] = None) -> dict:
+    """Generate the stand-in corpora of `tasks` (default: the paper's four) under `out`; a task reusing
+    another's corpus gets that one generated too when it is missing."""
+    from s3prl_adapters.data.mini_superb import make_standins
+
+    names = list(tasks or PAPER_TASKS)
+    wanted = [get_task(n) for n in names]
+    for task in list(wanted):
+        base = task.standin_base and TASKS[task.standin_base]
+        if base and base not in wanted and not base.standin_ready(out):
+            wanted.insert(wanted.index(task), base)
+    # fixed order, and a base corpus before the tasks that reuse it
+    ordered = [t for t in TASKS.values() if t in wanted and not t.standin_base]
+    ordered += [t for t in TASKS.values() if t in wanted and t.standin_base]
+    return make_standins(out, ordered, size=size, seed=seed, workers=workers)
+
+
+__all__ = ["PAPER_TASKS", "TASKS", "Task", "corpus_overrides", "find_task", "get_task", "make_mini_superb"]

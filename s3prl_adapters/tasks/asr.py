@@ -1,0 +1,151 @@
+"""ASR: `-d asr`, LibriSpeech, character CTC, WER (SUPERB).
+
+Layout: `<libri_root>/<split>/<spk>/<chapter>/<spk>-<chapter>-<NNNN>.flac` + `<spk>-<chapter>.trans.txt`,
+and the length-bucket CSVs `<bucket_file>/<split>.csv` (",file_path,length,label", longest first)
+that `s3prl-adapters prepare-librispeech` writes (PyPI S3PRL lacks its interactive preprocessing)."""
+
+import os
+import re
+from typing import Dict, List, Optional
+
+from s3prl_adapters.errors import UserError
+
+from .base import Task, csv_column, datarc, read_lines, same_ids
+
+SPLITS = ("train-clean-100", "dev-clean", "test-clean")
+
+
+class SpeechRecognition(Task):
+    name = "asr"
+    key = "asr"
+    title = "ASR WER %"
+    corpus = "LibriSpeech"
+    evaluated_split = "test-clean"
+    metric = "wer"
+    metric_pattern = r"^test-clean wer: ([\d.eE+-]+)$"
+    percent = 1.0
+    higher_is_better = False
+    chance_percent = 100.0
+    paper_task = True
+    standin_dir = "LibriSpeech"
+    prediction_file = "test-clean-noLM-hyp.ark"
+    submission_member = "predict/asr_public/predict.ark"
+    empty_train_hint = " (ASR drops a final bucket of one utterance)"
+
+    # ---- corpus -----------------------------------------------------------------------------------
+
+    def _eval_splits(self, config: dict) -> List[str]:
+        d = datarc(config)
+        return [s for split in config["runner"].get("eval_dataloaders", []) for s in d.get(split, [])]
+
+    def required_paths(self, config):
+        d = datarc(config)
+        paths = [(d["libri_root"], "LibriSpeech root", "libri_root"), (d["bucket_file"], "bucket folder", "bucket_file"),
+                 (d.get("dict_path", ""), "character dictionary", "dict_path")]
+        for split in sorted(set(d.get("train", [])) | set(self._eval_splits(config))):
+            paths.append((os.path.join(d["bucket_file"], f"{split}.csv"),
+                          f"bucket CSV of split '{split}' (s3prl-adapters prepare-librispeech writes it)", "bucket_file"))
+            paths.append((os.path.join(d["libri_root"], split), f"split folder '{split}'", "libri_root"))
+        return paths
+
+    def _bucket_files(self, d: dict, splits) -> List[str]:
+        root = d["libri_root"].rstrip("/") + "/"
+        files = []
+        for split in splits:
+            table = os.path.join(d["bucket_file"], f"{split}.csv")
+            if os.path.isfile(table):  # a missing bucket CSV is required_paths' to name
+                files += [root + rel for rel in csv_column(table, "file_path")]
+        return files
+
+    def evaluation_audio(self, config):
+        d = datarc(config)
+        return self._bucket_files(d, self._eval_splits(config) + list(d.get("test-clean", [])))
+
+    def training_audio(self, config):
+        d = datarc(config)
+        return self._bucket_files(d, d.get("train", []))
+
+    def corpus_flags(self):
+        return [("--librispeech", "real LibriSpeech root"),
+                ("--librispeech-buckets", "its len_for_bucket folder (default ROOT/len_for_bucket)")]
+
+    def real_corpus(self, args) -> Optional[Dict[str, str]]:
+        if not args.librispeech:
+            return None
+        return {"libri_root": args.librispeech,
+                "bucket_file": args.librispeech_buckets or os.path.join(args.librispeech, "len_for_bucket")}
+
+    def standin_overrides(self, root):
+        d = os.path.join(os.path.abspath(root), self.standin_dir)
+        return {"libri_root": d, "bucket_file": os.path.join(d, "len_for_bucket")}
+
+    # ---- stand-in: mini-LibriSpeech -----------------------------------------------------------------
+
+    standin_sizes = {"small": [(24, 20), (6, 10), (6, 10)], "medium": [(48, 20), (8, 12), (8, 12)]}
+    """(speakers, utterances per speaker) of train-clean-100, dev-clean, test-clean."""
+    standin_seed = 0
+
+    def build_standin(self, out, size, seed, work):
+        from s3prl_adapters.data import prepare, texts
+        from s3prl_adapters.data.mini_superb import Job, Speakers, jitter, ssml, task_rng
+        from s3prl_adapters.data.synth import Channel
+
+        rng = task_rng(seed, self.standin_seed)
+        root = os.path.join(out, self.standin_dir)
+        voices = Speakers(os.path.join(work, "asr"), rng, "asr")
+        train_sents: set = set()
+        jobs, transcripts = [], {}
+        spk_id = 100
+        for split, (n_spk, per_spk) in zip(SPLITS, self.standin_sizes[size]):
+            pool = texts.unique_sentences(rng, n_spk * per_spk, exclude=train_sents if split != SPLITS[0] else ())
+            if split == SPLITS[0]:
+                train_sents.update(pool)  # dev/test sentences never occur in training
+            for s in range(n_spk):
+                sp, chapter = voices.new(), 1000 + spk_id
+                d = os.path.join(root, split, str(spk_id), str(chapter))
+                for u in range(per_spk):
+                    text = pool[s * per_spk + u]
+                    utt = f"{spk_id}-{chapter}-{u:04d}"
+                    pitch, rate = jitter(rng, sp)
+                    jobs.append(Job(voices.bank.root, sp.base_voice, sp.name, ssml(text), pitch, rate,
+                                    Channel.draw(rng), os.path.join(d, f"{utt}.flac"), "FLAC"))
+                    transcripts.setdefault(os.path.join(d, f"{spk_id}-{chapter}.trans.txt"), []).append(f"{utt} {text}")
+                spk_id += 1
+
+        def finish():
+            for path, lines in transcripts.items():
+                prepare.write_lines(path, lines)
+            prepare.librispeech_buckets(root, os.path.join(root, "len_for_bucket"), list(SPLITS))
+
+        return jobs, finish
+
+    # ---- submission ---------------------------------------------------------------------------------
+
+    def validate_prediction(self, expdir, fold=None):
+        path = os.path.join(expdir, self.prediction_file)
+        lines = read_lines(path)
+        for n, line in enumerate(lines, 1):
+            if not re.fullmatch(r"\S+( [A-Z']+)*", line.rstrip(" ")):
+                raise UserError(f"asr: {path}:{n}: expected '<utt_id> <UPPERCASE WORDS>', got {line!r}")
+        refs = [line.split(" ", 1)[0] for line in read_lines(os.path.join(expdir, "test-clean-noLM-ref.ark"))]
+        same_ids("asr", path, [line.split(" ", 1)[0] for line in lines], refs)
+        return path
+
+    def add_prepare_command(self, sub):
+        p = sub.add_parser("prepare-librispeech", help="write the ASR recipe's length-bucket CSVs (non-interactive)")
+        p.add_argument("root", help="LibriSpeech folder holding train-clean-100/, dev-clean/, test-clean/")
+        p.add_argument("out", help="bucket folder, e.g. ROOT/len_for_bucket (the config's bucket_file)")
+        p.add_argument("--splits", nargs="+", default=list(SPLITS))
+        p.add_argument("--ext", default=".flac")
+        p.set_defaults(func=_prepare)
+
+
+def _prepare(args):
+    from s3prl_adapters.data.prepare import librispeech_buckets
+
+    counts = librispeech_buckets(args.root, args.out, args.splits, ext=args.ext)
+    for split, n in counts.items():
+        print(f"{args.out}/{split}.csv: {n} utterances")
+
+
+TASK = SpeechRecognition()

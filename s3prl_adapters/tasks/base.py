@@ -1,0 +1,213 @@
+"""What the package knows about one SUPERB recipe of S3PRL (`downstream/<name>/`), in one object.
+
+A task module defines a `Task` subclass and a module-level `TASK` instance; `tasks/__init__.py`
+collects every module's `TASK`, so adding a recipe is adding a module (plus its
+`downstream_configs/<name>/{config,mini}.yaml`). The benchmark, the corpus preflight, the
+submission packaging, the CLI and the report read tasks only through this interface.
+
+Everything here is light to import (no torch, no S3PRL): heavy imports live inside the methods."""
+
+import os
+import re
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from s3prl_adapters.errors import UserError
+from s3prl_adapters.paths import CONFIG_ROOT
+
+RequiredPath = Tuple[str, str, str]
+"""(path, what it is, the datarc key that points at it) — one thing the recipe needs to exist."""
+
+CorpusFlag = Tuple[str, str]
+"""(command-line flag of run_benchmarks.sh, its help) — how a user points the benchmark at the real corpus."""
+
+
+class Task:
+    """One S3PRL recipe. Class attributes state the facts; methods read a recipe's config."""
+
+    name: str
+    """S3PRL's downstream name, `-d NAME` (and the folder under downstream_configs/)."""
+
+    key: str
+    """Short name: the submission flag (`--KEY` or `--KEY-foldN`) and SUPERB's `predict/KEY_public/` folder."""
+
+    title: str
+    """Results column, metric and unit, e.g. 'IC acc %'."""
+
+    corpus: str
+    """The corpus's name, for messages."""
+
+    evaluated_split: str = "test"
+    """The split `run_downstream.py -m evaluate -t SPLIT` scores for the results table."""
+
+    metric: str = "acc"
+    """Name of the metric S3PRL prints for that split."""
+
+    metric_pattern: str
+    """Regex (one group) matching S3PRL's printed metric line; the last match counts."""
+
+    percent: float = 100.0
+    """Printed value x percent = the value in % (S3PRL prints accuracy and EER as fractions, WER in %)."""
+
+    higher_is_better: bool = True
+
+    chance_percent: float
+    """Chance or majority level on the stand-in corpus (100 for WER), for reading results."""
+
+    paper_task: bool = False
+    """One of the four tasks of Otake et al., run by default by run_benchmarks.sh."""
+
+    folds: Tuple[int, ...] = ()
+    """Cross-validation folds (a run per fold), empty for a fixed split."""
+
+    any_sample_rate: bool = False
+    """The recipe resamples itself; otherwise the preflight requires 16 kHz."""
+
+    any_channel_count: bool = False
+    """The recipe mixes to mono itself; otherwise the preflight requires mono files."""
+
+    standin_dir: str
+    """Folder of the stand-in corpus under a make-mini-superb root."""
+
+    standin_base: Optional[str] = None
+    """Name of the task whose stand-in corpus this one reuses (and needs generated first)."""
+
+    workarounds: Tuple[str, ...] = ()
+    """Names of the functions of bridge/compat.py this recipe needs installed before it runs."""
+
+    prediction_file: str = "test_predict.txt"
+    """The test prediction S3PRL writes into the experiment folder ('{fold}' for fold tasks)."""
+
+    submission_member: str
+    """Its path inside SUPERB's predict.zip ('{fold}' for fold tasks)."""
+
+    empty_train_hint: str = ""
+    """Added to the error when the train split yields no batch: what commonly causes it."""
+
+    # ---- configs and corpus ---------------------------------------------------------------------
+
+    def config_path(self, mini: bool = False) -> str:
+        return os.path.join(CONFIG_ROOT, self.name, "mini.yaml" if mini else "config.yaml")
+
+    def required_paths(self, config: dict) -> List[RequiredPath]:
+        """Folders and files the recipe reads before any audio, in the order to check them."""
+        return []
+
+    def evaluation_audio(self, config: dict) -> List[str]:
+        """Audio files the recipe's dev/test lists name (absolute paths)."""
+        return []
+
+    def training_audio(self, config: dict) -> List[str]:
+        """Audio files the recipe trains on (absolute paths)."""
+        return []
+
+    def corpus_flags(self) -> List[CorpusFlag]:
+        """The benchmark's flags that point this task at a real corpus."""
+        return []
+
+    def real_corpus(self, args) -> Optional[Dict[str, str]]:
+        """datarc overrides for the real corpus named by the benchmark's flags, or None for the stand-in."""
+        return None
+
+    def standin_overrides(self, root: str) -> Dict[str, str]:
+        """datarc overrides that point the recipe at the stand-in corpus under a make-mini-superb `root`."""
+        raise NotImplementedError
+
+    def fold_overrides(self, fold: int) -> Dict[str, str]:
+        """datarc overrides selecting one fold."""
+        return {}
+
+    # ---- stand-in corpus ------------------------------------------------------------------------
+
+    standin_sizes: Dict[str, object] = {}
+    """Per make-mini-superb --size: the numbers the builder uses."""
+
+    standin_seed: int
+    """This task's stream of the corpus seed (fixed, so any subset of tasks reproduces the same files)."""
+
+    def build_standin(self, out: str, size: str, seed: int, work: str) -> Tuple[list, Callable[[], None]]:
+        """(synthesis jobs for data.mini_superb.render, a function writing the lists after rendering)."""
+        raise NotImplementedError
+
+    def standin_ready(self, root: str) -> bool:
+        return os.path.isdir(os.path.join(root, self.standin_dir))
+
+    # ---- results and submission -----------------------------------------------------------------
+
+    def parse_metric(self, log_text: str) -> float:
+        """The value S3PRL printed (the last matching line), as printed."""
+        values = [m.group(1) for line in log_text.splitlines() for m in [re.match(self.metric_pattern, line.strip())] if m]
+        if not values:
+            raise UserError(f"no '{self.metric_pattern}' line in the evaluation log")
+        return float(values[-1])
+
+    def validate_prediction(self, expdir: str, fold: Optional[int] = None) -> str:
+        """Check the test prediction of an experiment folder (line shape, labels, every test item);
+        returns its path. A failed check raises UserError naming the file and line."""
+        raise NotImplementedError
+
+    def add_prepare_command(self, sub) -> None:
+        """Register `s3prl-adapters prepare-...` for this corpus on the CLI's subparsers (if it needs one)."""
+
+
+# ---- helpers shared by task modules ----------------------------------------------------------------
+
+
+def datarc(config: dict) -> dict:
+    return config["downstream_expert"]["datarc"]
+
+
+def overrides_string(values: Dict[str, str]) -> str:
+    """datarc values as one `-o` string of run_downstream.py."""
+    return ",,".join(f"config.downstream_expert.datarc.{k}='{v}'" for k, v in values.items())
+
+
+def csv_column(table: str, name: str) -> List[str]:
+    import csv
+
+    with open(table, newline="") as f:
+        rows = csv.reader(f)
+        index = next(rows).index(name)
+        return [row[index] for row in rows if row]
+
+
+def read_lines(path: str) -> List[str]:
+    if not os.path.isfile(path):
+        raise UserError(f"missing prediction file {path}")
+    with open(path) as f:
+        return [line.rstrip("\n") for line in f if line.strip()]
+
+
+def latest_config(expdir: str) -> dict:
+    import glob
+
+    import yaml
+
+    configs = sorted(glob.glob(os.path.join(expdir, "config_*.yaml")))
+    if not configs:
+        raise UserError(f"{expdir}: no config_*.yaml (not an S3PRL experiment folder?)")
+    with open(configs[-1]) as f:
+        return yaml.safe_load(f)
+
+
+def same_ids(task: str, path: str, got: Sequence[str], expected: Sequence[str]) -> None:
+    missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+    if missing or extra or len(got) != len(set(got)):
+        raise UserError(
+            f"{task}: {path}: utterances differ from the test list "
+            f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, extra {extra[:3]}, "
+            f"{len(got) - len(set(got))} duplicated)"
+        )
+
+
+def labelled_lines(task: str, path: str, labels: Sequence[str], item: str = "utt") -> List[Tuple[str, str]]:
+    """`<item> <label>` lines, each label one of `labels`; returns (item, label) pairs."""
+    pairs = []
+    for n, line in enumerate(read_lines(path), 1):
+        parts = line.split(" ")
+        if len(parts) != 2:
+            raise UserError(f"{task}: {path}:{n}: expected '<{item}> <label>', got {line!r}")
+        if parts[1] not in labels:
+            known = sorted(labels) if len(labels) <= 12 else sorted(labels)[:3] + ["..."] + sorted(labels)[-1:]
+            raise UserError(f"{task}: {path}:{n}: label '{parts[1]}' not in {known}")
+        pairs.append((parts[0], parts[1]))
+    return pairs

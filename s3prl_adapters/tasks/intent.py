@@ -1,0 +1,114 @@
+"""IC: `-d fluent_commands`, Fluent Speech Commands, intent = (action, object, location), accuracy.
+
+Layout: `<file_path>/data/{train,valid,test}_data.csv` (",path,speakerId,transcription,action,object,location")
+and `<file_path>/wavs/speakers/<speakerId>/<uuid>.wav`, 16 kHz mono. Label maps come from
+train_data.csv only, so every test value must occur in training; write the literal `none`."""
+
+import os
+
+from s3prl_adapters.errors import UserError
+
+from .base import Task, csv_column, datarc, latest_config, read_lines, same_ids
+
+SLOTS = ("action", "object", "location")
+
+
+class IntentClassification(Task):
+    name = "fluent_commands"
+    key = "ic"
+    title = "IC acc %"
+    corpus = "Fluent Speech Commands"
+    metric_pattern = r"^test acc: ([\d.eE+-]+)$"
+    chance_percent = 100 * 4 / 104  # majority intent of the stand-in test split: 31 intents round-robin over 104
+    paper_task = True
+    standin_dir = "fluent_speech_commands"
+    prediction_file = "test_predict.csv"
+    submission_member = "predict/ic_public/predict.csv"
+
+    def required_paths(self, config):
+        root = datarc(config)["file_path"]
+        return [(root, "Fluent Speech Commands root", "file_path")] + [
+            (os.path.join(root, "data", f"{split}_data.csv"), "table", "file_path") for split in ("train", "valid", "test")]
+
+    def _files(self, config, split):
+        root = datarc(config)["file_path"].rstrip("/") + "/"
+        return [root + rel for rel in csv_column(os.path.join(root, "data", f"{split}_data.csv"), "path")]
+
+    def evaluation_audio(self, config):
+        return self._files(config, "valid") + self._files(config, "test")
+
+    def training_audio(self, config):
+        return self._files(config, "train")
+
+    def corpus_flags(self):
+        return [("--fsc", "real Fluent Speech Commands root")]
+
+    def real_corpus(self, args):
+        return {"file_path": args.fsc} if args.fsc else None
+
+    def standin_overrides(self, root):
+        return {"file_path": os.path.join(os.path.abspath(root), self.standin_dir)}
+
+    # ---- stand-in: mini-FSC -------------------------------------------------------------------------
+
+    standin_sizes = {"small": [(16, 20), (6, 14), (8, 13)], "medium": [(32, 20), (8, 14), (10, 13)]}
+    """(speakers, utterances per speaker) of train, valid, test."""
+    standin_seed = 1
+
+    def build_standin(self, out, size, seed, work):
+        import hashlib
+
+        from s3prl_adapters.data import prepare, texts
+        from s3prl_adapters.data.mini_superb import Job, Speakers, jitter, ssml, task_rng
+        from s3prl_adapters.data.synth import Channel
+
+        rng = task_rng(seed, self.standin_seed)
+        root = os.path.join(out, self.standin_dir)
+        voices = Speakers(os.path.join(work, "ic"), rng, "ic")
+        jobs, tables = [], {}
+        for split, (n_spk, per_spk) in zip(["train", "valid", "test"], self.standin_sizes[size]):
+            rows = []
+            order = list(rng.permutation(len(texts.FSC_INTENTS)))
+            for s in range(n_spk):
+                sp = voices.new()
+                spk = hashlib.sha1(f"{split}{s}{rng.integers(1 << 30)}".encode()).hexdigest()[:10]
+                for u in range(per_spk):
+                    k = order[(s * per_spk + u) % len(order)]  # round-robin: every intent occurs in every split
+                    (action, obj, loc), phrases = texts.FSC_INTENTS[k]
+                    text = texts.command(rng, phrases)
+                    uid = hashlib.sha1(f"{spk}{u}{text}".encode()).hexdigest()[:16]
+                    rel = f"wavs/speakers/{spk}/{uid}.wav"
+                    pitch, rate = jitter(rng, sp)
+                    jobs.append(Job(voices.bank.root, sp.base_voice, sp.name, ssml(text), pitch, rate,
+                                    Channel.draw(rng), os.path.join(root, rel), "WAV"))
+                    rows.append([rel, spk, text.capitalize(), action, obj, loc])
+            tables[os.path.join(root, "data", f"{split}_data.csv")] = rows
+
+        def finish():
+            for path, rows in tables.items():
+                prepare.write_lines(path, [",path,speakerId,transcription,action,object,location"]
+                                    + [",".join([str(i)] + r) for i, r in enumerate(rows)])
+
+        return jobs, finish
+
+    # ---- submission ---------------------------------------------------------------------------------
+
+    def validate_prediction(self, expdir, fold=None):
+        path = os.path.join(expdir, self.prediction_file)
+        lines = read_lines(path)
+        root = latest_config(expdir)["downstream_expert"]["datarc"]["file_path"]
+        train = os.path.join(root, "data", "train_data.csv")
+        allowed = [set(csv_column(train, slot)) for slot in SLOTS]
+        for n, line in enumerate(lines, 1):
+            parts = line.split(",")
+            if len(parts) != 4:
+                raise UserError(f"ic: {path}:{n}: expected '<stem>,<action>,<object>,<location>', got {line!r}")
+            for value, values, slot in zip(parts[1:], allowed, SLOTS):
+                if value not in values:
+                    raise UserError(f"ic: {path}:{n}: {slot} '{value}' is not one of the training labels")
+        truth = [line.split(",")[0] for line in read_lines(os.path.join(expdir, "test_truth.csv"))]
+        same_ids("ic", path, [line.split(",")[0] for line in lines], truth)
+        return path
+
+
+TASK = IntentClassification()

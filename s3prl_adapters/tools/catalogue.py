@@ -1,0 +1,29 @@
+"""The methods the paper's experiment compares, as run_benchmarks.sh runs them (the tasks are
+s3prl_adapters.tasks). Read by the benchmark and the report alike."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    """Benchmark name (--methods), also the run folder's name."""
+    title: str
+    """Row title in the results table."""
+    upstream: str
+    """`-u` of run_downstream.py."""
+    finetune: bool = False
+    """Stock `-f`: the upstream's weights train too."""
+
+
+METHODS = {m.name: m for m in [
+    Method("finetune", "Fine-tuning (wavlm_local -f)", "wavlm_local", True),
+    Method("frozen", "Frozen weighted sum (SUPERB)", "wavlm_local"),
+    Method("houlsby", "Conventional adapters", "wavlm_houlsby"),
+    Method("eadapter", "E-adapters only", "wavlm_eadapter"),
+    Method("ladapter_only", "L-adapters only", "wavlm_ladapter_only"),
+    Method("ladapter", "L+E adapters (proposed)", "wavlm_ladapter"),
+]}
+
+CACHEABLE = ("frozen", "ladapter_only")
+"""Methods whose backbone is frozen and deterministic, so --feature-cache applies to them."""
