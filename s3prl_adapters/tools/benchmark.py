@@ -268,12 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full-configs", action="store_true", help="downstream_configs/<task>/config.yaml instead of mini.yaml")
     p.add_argument("-o", "--output", default="benchmark_results")
     p.add_argument("--mini-root", help="stand-in corpora folder (generated if missing)")
-    added = set()
-    for task in TASKS.values():  # each task's flags pointing it at its real corpus (shared flags once)
+    flags = {}  # each task's flags pointing it at its real corpus; a flag two tasks share is added once
+    for task in TASKS.values():
         for flag, help_text in task.corpus_flags():
-            if flag not in added:
-                p.add_argument(flag, help=f"{help_text} [{task.name}]")
-                added.add(flag)
+            flags.setdefault(flag, [help_text, []])[1].append(task.name)
+    for flag, (help_text, names) in flags.items():
+        p.add_argument(flag, help=f"{help_text} [{', '.join(names)}]")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--jobs", type=int, default=None, help="runs at a time (default: 2 on CPU, 1 on GPU)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")

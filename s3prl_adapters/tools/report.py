@@ -54,6 +54,8 @@ def results_markdown(results: List[dict], wall_seconds: float = None) -> str:
         f"Backbone `{os.path.basename(r0['backbone'])}`, git {r0['git_commit']}; seeds {sorted({r['seed'] for r in results})}; "
         "metrics are S3PRL's printed test values (WER in %, accuracy and EER converted from fractions).",
         "Trainable = parameters the optimizer updated, upstream + Featurizer weights, without the task head.",
+        "Chance or majority level on the stand-in corpora: "
+        + ", ".join(f"{TASKS[t].title.split(' %')[0]} {TASKS[t].chance_percent:.2f} %" for t in tasks) + ".",
     ]
     if wall_seconds is not None:
         notes.append(f"Wall time of this benchmark invocation: {wall_seconds / 60:.1f} min.")
