@@ -30,23 +30,50 @@ class AdapterAfter(nn.Module):
         return y + self.e_adapter(y)
 
 
+def e_adapter_sites(num_layers: int, cfg: AdapterConfig) -> List[str]:
+    """Qualified names (inside the WavLM) of the modules an E-adapter follows, per `cfg` (resolved)."""
+    sites = []
+    for i in range(num_layers):
+        if i in cfg.e_adapter_layers:
+            sites.append(f"encoder.layers.{i}.dropout3")  # FFN output, before the residual add
+            if cfg.attention_adapters:
+                sites.append(f"encoder.layers.{i}.dropout1")  # attention output, before the residual add
+    return sites
+
+
+def build_e_adapters(dim: int, num_layers: int, cfg: AdapterConfig) -> Dict[str, BottleneckAdapter]:
+    """{site: a fresh E-adapter} for every site of `cfg`, not yet attached anywhere."""
+    return {site: BottleneckAdapter(dim, cfg.e_adapter_dim, cfg.activation, cfg.init_std, cfg.layer_norm_eps)
+            for site in e_adapter_sites(num_layers, cfg)}
+
+
+def install_e_adapters(wavlm: nn.Module, adapters: Dict[str, nn.Module]) -> None:
+    """Put each adapter after its site module: the site becomes AdapterAfter(site, adapter)."""
+    for site, adapter in adapters.items():
+        parent, name = site.rsplit(".", 1)
+        layer = wavlm.get_submodule(parent)
+        setattr(layer, name, AdapterAfter(getattr(layer, name), adapter))
+
+
+def remove_e_adapters(wavlm: nn.Module) -> Dict[str, nn.Module]:
+    """Undo install_e_adapters: every AdapterAfter gives its site back its own module; returns
+    {site: adapter} of what was removed. The backbone's own modules are never touched."""
+    removed = {}
+    for i, layer in enumerate(wavlm.encoder.layers):
+        for name, child in list(layer.named_children()):
+            if isinstance(child, AdapterAfter):
+                setattr(layer, name, child.wrapped)
+                removed[f"encoder.layers.{i}.{name}"] = child.e_adapter
+    return removed
+
+
 def attach_e_adapters(wavlm: nn.Module, cfg: AdapterConfig) -> Dict[str, BottleneckAdapter]:
     """Insert E-adapters into `wavlm.encoder.layers` per `cfg` (already resolved).
 
     Returns {qualified name inside `wavlm`: adapter} for every adapter inserted."""
-    attached = {}
-    dim = wavlm.cfg.encoder_embed_dim
-    for i, layer in enumerate(wavlm.encoder.layers):
-        sites = []
-        if i in cfg.e_adapter_layers:
-            sites.append("dropout3")  # FFN output, before the residual add
-            if cfg.attention_adapters:
-                sites.append("dropout1")  # attention output, before the residual add
-        for site in sites:
-            adapter = BottleneckAdapter(dim, cfg.e_adapter_dim, cfg.activation, cfg.init_std, cfg.layer_norm_eps)
-            setattr(layer, site, AdapterAfter(getattr(layer, site), adapter))
-            attached[f"encoder.layers.{i}.{site}.e_adapter"] = adapter
-    return attached
+    adapters = build_e_adapters(wavlm.cfg.encoder_embed_dim, len(wavlm.encoder.layers), cfg)
+    install_e_adapters(wavlm, adapters)
+    return {f"{site}.e_adapter": adapter for site, adapter in adapters.items()}
 
 
 def layer_norm_names(wavlm: nn.Module) -> List[str]:

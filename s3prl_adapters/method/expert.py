@@ -25,6 +25,40 @@ from s3prl_adapters.errors import UserError
 from s3prl_adapters.method.attach import attach_e_adapters, checkpoint_layer_activations, layer_norm_names
 
 
+def build_l_adapters(dim: int, cfg: AdapterConfig) -> nn.ModuleDict:
+    """One L-adapter per layer of `cfg.l_adapter_layers` (resolved), keyed by the layer index."""
+    return nn.ModuleDict({str(i): LayerAdapter(dim, cfg.l_adapter_dim, cfg.activation, cfg.init_std, cfg.layer_norm_eps)
+                          for i in cfg.l_adapter_layers})
+
+
+class BackboneStates:
+    """Runs S3PRL's WavLM as S3PRL's own WavLM expert does (optional per-utterance waveform
+    normalisation `cfg.normalize`, padding mask, `extract_features(mask=False)`) and returns the
+    L+1 states stock `wavlm_local` returns, each (B, T, C): the input of every encoder layer, then the
+    encoder output (the top layer's output; for pre-LN backbones such as Large, after the encoder's
+    final LayerNorm). A plain object, not a module: it only hooks the layers of the WavLM it is given."""
+
+    def __init__(self, wavlm: nn.Module):
+        self.wavlm = wavlm
+        self._captured: List[torch.Tensor] = []
+        for layer in wavlm.encoder.layers:
+            layer.register_forward_pre_hook(lambda m, args: self._captured.append(args[0]))
+
+    def __call__(self, wavs: List[torch.Tensor], grad: bool = True) -> List[torch.Tensor]:
+        if self.wavlm.cfg.normalize:
+            wavs = [F.layer_norm(wav, wav.shape) for wav in wavs]
+        device = wavs[0].device
+        lengths = torch.LongTensor([len(wav) for wav in wavs]).to(device)
+        padding_mask = ~torch.lt(torch.arange(max(lengths)).unsqueeze(0).to(device), lengths.unsqueeze(1))
+        padded = pad_sequence(wavs, batch_first=True)
+        self._captured = []
+        with nullcontext() if grad else torch.no_grad():
+            encoder_output, _ = self.wavlm.extract_features(padded, padding_mask=padding_mask, mask=False)
+        layer_inputs = [x.transpose(0, 1) for x in self._captured]  # (T,B,C) -> (B,T,C)
+        self._captured = []
+        return layer_inputs + [encoder_output]
+
+
 class AdapterWavLMExpert(nn.Module):
     def __init__(self, wavlm: nn.Module, adapter_config: AdapterConfig):
         super().__init__()
@@ -44,12 +78,7 @@ class AdapterWavLMExpert(nn.Module):
         if cfg.train_layer_norms:
             for name in layer_norm_names(self.model):
                 self.model.get_submodule(name).requires_grad_(True)
-        self.l_adapters = nn.ModuleDict(
-            {
-                str(i): LayerAdapter(dim, cfg.l_adapter_dim, cfg.activation, cfg.init_std, cfg.layer_norm_eps)
-                for i in cfg.l_adapter_layers
-            }
-        )
+        self.l_adapters = build_l_adapters(dim, cfg)
 
         self._trainable_names = [n for n, p in self.named_parameters() if p.requires_grad]
         # Nothing inside the backbone trains (L-only with frozen LNs): run all of it without
@@ -61,9 +90,7 @@ class AdapterWavLMExpert(nn.Module):
         self.state_source: Optional[Callable] = None
         """Where the L-adapters' inputs come from: None = the backbone, or f(wavs, compute) -> states
         that calls `compute(wavs)` for what it does not have (the bridge's feature cache)."""
-        self._captured: List[torch.Tensor] = []
-        for layer in self.model.encoder.layers:  # as S3PRL's WavLM expert: the input of every layer
-            layer.register_forward_pre_hook(lambda m, args: self._captured.append(args[0]))
+        self._states = BackboneStates(self.model)
 
         if cfg.autocast != "none":
             self._prepare_for_autocast()
@@ -99,23 +126,9 @@ class AdapterWavLMExpert(nn.Module):
         return self._downsample_rate
 
     def backbone_hidden_states(self, wavs: List[torch.Tensor]) -> List[torch.Tensor]:
-        """The L+1 states stock `wavlm_local` returns, each (B, T, C): the input of every encoder layer,
-        then the encoder output (the top layer's output; for pre-LN backbones such as Large, after the
-        encoder's final LayerNorm). Mirrors S3PRL's WavLM expert: optional per-utterance waveform
-        normalisation (`cfg.normalize`), padding mask, encoder."""
-        if self.model.cfg.normalize:
-            wavs = [F.layer_norm(wav, wav.shape) for wav in wavs]
-        device = wavs[0].device
-        lengths = torch.LongTensor([len(wav) for wav in wavs]).to(device)
-        padding_mask = ~torch.lt(torch.arange(max(lengths)).unsqueeze(0).to(device), lengths.unsqueeze(1))
-        padded = pad_sequence(wavs, batch_first=True)
-
-        self._captured = []
-        with nullcontext() if self._backbone_trains else torch.no_grad():
-            encoder_output, _ = self.model.extract_features(padded, padding_mask=padding_mask, mask=False)
-        layer_inputs = [x.transpose(0, 1) for x in self._captured]  # (T,B,C) -> (B,T,C)
-        self._captured = []
-        return layer_inputs + [encoder_output]
+        """The L+1 states stock `wavlm_local` returns (see BackboneStates), with autograd only where
+        something inside the backbone trains."""
+        return self._states(wavs, grad=self._backbone_trains)
 
     def forward(self, wavs: List[torch.Tensor]) -> Dict[str, List[torch.Tensor]]:
         if self.adapter_config.autocast == "none":
