@@ -43,3 +43,14 @@ def mini_corpus(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("mini_superb"))
     make_mini_superb(root, size="small", seed=0)
     return root
+
+
+@pytest.fixture(scope="session")
+def more_corpus(tmp_path_factory):
+    """KS and SID stand-ins (SID reuses the ASV stand-in's speakers, generated with it): about 10 s."""
+    from s3prl_adapters.tasks import make_mini_superb
+
+    root = str(tmp_path_factory.mktemp("more_superb"))
+    manifest = make_mini_superb(root, tasks=["speech_commands", "voxceleb1"])
+    assert manifest["tasks"] == ["sv_voxceleb1", "speech_commands", "voxceleb1"]
+    return root

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO, tool
 from s3prl_adapters.bridge import compat
-from s3prl_adapters.tasks import PAPER_TASKS, TASKS, corpus_overrides, make_mini_superb
+from s3prl_adapters.tasks import PAPER_TASKS, TASKS, corpus_overrides
 from s3prl_adapters.tools.submission import build_submission
 
 STEPS = "config.runner.total_steps=4,,config.runner.log_step=2,,config.runner.eval_step=4,,config.runner.save_step=4"
@@ -44,15 +44,6 @@ def test_registry_keys_and_defaults():
     assert PAPER_TASKS == ["asr", "fluent_commands", "emotion", "sv_voxceleb1"]
     assert len({t.key for t in TASKS.values()}) == len(TASKS)
     assert {"speech_commands", "voxceleb1"} <= set(TASKS)
-
-
-@pytest.fixture(scope="module")
-def more_corpus(tmp_path_factory):
-    """KS and SID stand-ins (SID reuses the ASV speakers, generated with it)."""
-    root = str(tmp_path_factory.mktemp("more_superb"))
-    manifest = make_mini_superb(root, tasks=["speech_commands", "voxceleb1"])
-    assert manifest["tasks"] == ["sv_voxceleb1", "speech_commands", "voxceleb1"]
-    return root
 
 
 def test_speech_commands_standin_is_what_the_recipe_reads(more_corpus):

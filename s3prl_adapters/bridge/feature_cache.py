@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
 from s3prl_adapters.errors import UserError
+from s3prl_adapters.method.backbone import hash_tensors
 
 
 @dataclass
@@ -69,13 +70,7 @@ class FeatureCacheConfig:
 
 def module_fingerprint(module: nn.Module, *extra: str) -> str:
     """Hash of every parameter and buffer (names, shapes, values) plus `extra` settings."""
-    h = hashlib.blake2b(digest_size=16)
-    for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
-        h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    for value in extra:
-        h.update(value.encode())
-    return h.hexdigest()
+    return hash_tensors(list(module.named_parameters()) + list(module.named_buffers()), *extra)
 
 
 def waveform_key(wav: torch.Tensor) -> str:

@@ -3,10 +3,11 @@
 Every load here is weights-only and lands on CPU; failures become one-line `UserError`s."""
 
 import ast
+import hashlib
 import os
 import pickle
 import zipfile
-from typing import Optional
+from typing import Iterable, Optional, Tuple
 
 import torch
 
@@ -153,6 +154,32 @@ def check_wavlm_checkpoint_file(path: str, what: str = "-k") -> None:
         ckpt = read_checkpoint(path, what)  # one-line error for unreadable or code-carrying files
     if isinstance(ckpt, dict) and isinstance(ckpt.get("cfg"), dict):
         check_evaluated_fields(ckpt["cfg"], f"{what} {path}")
+
+
+def hash_tensors(named: Iterable[Tuple[str, torch.Tensor]], *extra: str) -> str:
+    """A digest of names, shapes, dtypes and every byte of the tensors, plus `extra` strings."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, tensor in named:
+        h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    for value in extra:
+        h.update(value.encode())
+    return h.hexdigest()
+
+
+def backbone_fingerprint(model: WavLM) -> dict:
+    """What identifies a backbone: its shape and a hash of its own weights (adapters excluded, so take it
+    before attaching any). Stored in exported adapter sets and compared with the backbone they meet."""
+    cfg = model.cfg
+    state = {k: v for k, v in model.state_dict().items() if ".e_adapter." not in k}
+    return {"layers": cfg.encoder_layers, "dim": cfg.encoder_embed_dim, "ffn": cfg.encoder_ffn_embed_dim,
+            "heads": cfg.encoder_attention_heads, "layer_norm_first": bool(cfg.layer_norm_first),
+            "weights": hash_tensors(sorted(state.items()))}
+
+
+def describe_fingerprint(fingerprint: dict) -> str:
+    layout = "pre-LN" if fingerprint["layer_norm_first"] else "post-LN"
+    return f"{fingerprint['layers']} x {fingerprint['dim']} {layout}, weights {fingerprint['weights'][:12]}"
 
 
 def build_wavlm(cfg: dict, seed: Optional[int] = None) -> WavLM:

@@ -131,6 +131,53 @@ class SpeechRecognition(Task):
         same_ids("asr", path, [line.split(" ", 1)[0] for line in lines], refs)
         return path
 
+    # ---- inference ----------------------------------------------------------------------------------
+
+    def head_facts(self, config):
+        """The character dictionary (fairseq format) the run's CTC outputs index."""
+        with open(datarc(config)["dict_path"]) as f:
+            return {"dictionary": f.read()}
+
+    def untrained_facts(self):
+        with open(os.path.join(os.path.dirname(self.config_path()), "char.dict")) as f:
+            return {"dictionary": f.read()}
+
+    def build_head(self, upstream_dim, upstream_rate, modelrc, facts):
+        import io
+
+        from torch import nn
+
+        from s3prl.downstream import model as shared_models
+        from s3prl.downstream.asr import model as asr_models
+        from s3prl.downstream.asr.dictionary import Dictionary
+
+        head = nn.Module()
+        head.dictionary = Dictionary.load(io.StringIO(facts["dictionary"]))
+        head.projector = nn.Linear(upstream_dim, modelrc["project_dim"])
+        select = modelrc["select"]
+        model_cls = getattr(asr_models, select, None) or getattr(shared_models, select)
+        head.model = model_cls(modelrc["project_dim"], len(head.dictionary.symbols), upstream_rate, **modelrc[select])
+        return head
+
+    def answer(self, head, features, facts):
+        """Greedy CTC, as the recipe decodes without a language model: per frame the arg-max symbol,
+        repeats merged, blanks dropped, '|' as the word separator."""
+        import torch
+        from torch.nn.utils.rnn import pad_sequence
+
+        from s3prl.downstream.asr.expert import token_to_word
+
+        features_len = torch.IntTensor([len(f) for f in features])
+        logits, log_probs_len = head.model(head.projector(pad_sequence(features, batch_first=True)), features_len)
+        log_probs = torch.nn.functional.log_softmax(logits, dim=-1).float().contiguous().cpu()
+        blank = head.dictionary.bos()
+        answers = []
+        for log_prob, length in zip(log_probs, log_probs_len):
+            ids = log_prob[:length].unsqueeze(0).argmax(dim=-1).unique_consecutive()
+            tokens = head.dictionary.string(ids[ids != blank].tolist())
+            answers.append({"transcript": " ".join(token_to_word(tokens).split())})
+        return answers
+
     def add_prepare_command(self, sub):
         p = sub.add_parser("prepare-librispeech", help="write the ASR recipe's length-bucket CSVs (non-interactive)")
         p.add_argument("root", help="LibriSpeech folder holding train-clean-100/, dev-clean/, test-clean/")

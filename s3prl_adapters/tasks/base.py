@@ -148,6 +148,38 @@ class Task:
     def add_prepare_command(self, sub) -> None:
         """Register `s3prl-adapters prepare-...` for this corpus on the CLI's subparsers (if it needs one)."""
 
+    # ---- inference on new audio (s3prl-adapters export / predict) ---------------------------------
+
+    audio_effects: Tuple[Tuple[str, ...], ...] = ()
+    """sox effects the recipe's loaders apply to a 16 kHz mono waveform before the upstream (its
+    training and test alike); predict applies the same."""
+
+    min_frames: int = 1
+    """Frames (20 ms) the head needs at least; shorter audio gets an error answer instead."""
+
+    scores_pairs: bool = False
+    """Answers are embeddings compared in pairs (speaker verification): export stores a decision threshold."""
+
+    def head_facts(self, config: dict) -> dict:
+        """What turning the head's outputs into answers needs from the run's corpus or config (label maps,
+        character dictionary), as plain values; read once, at export time."""
+        return {}
+
+    def untrained_facts(self) -> dict:
+        """head_facts of the real corpus, without it (label sets as published): for untrained sets
+        that measure cost or test the plumbing."""
+        return {}
+
+    def build_head(self, upstream_dim: int, upstream_rate: int, modelrc: dict, facts: dict):
+        """The recipe's head modules under the names its DownstreamExpert gives them, so the run's
+        `Downstream` state loads into them (S3PRL's own model classes, built as the recipe builds them)."""
+        raise NotImplementedError
+
+    def answer(self, head, features: list, facts: dict) -> List[dict]:
+        """One answer per utterance, decoded as the recipe decodes its test split (`features`: the
+        Featurizer's per-utterance outputs)."""
+        raise NotImplementedError
+
 
 # ---- helpers shared by task modules ----------------------------------------------------------------
 
@@ -211,3 +243,35 @@ def labelled_lines(task: str, path: str, labels: Sequence[str], item: str = "utt
             raise UserError(f"{task}: {path}:{n}: label '{parts[1]}' not in {known}")
         pairs.append((parts[0], parts[1]))
     return pairs
+
+
+def utterance_level_head(upstream_dim: int, modelrc: dict, outputs: int):
+    """`projector` + `model` (S3PRL's downstream/model.py class named by modelrc.select), as the
+    utterance-level recipes (IC, ER, KS, SID) build them."""
+    from torch import nn
+
+    from s3prl.downstream import model as models
+
+    head = nn.Module()
+    head.projector = nn.Linear(upstream_dim, modelrc["projector_dim"])
+    model_cls = getattr(models, modelrc["select"])
+    head.model = model_cls(input_dim=modelrc["projector_dim"], output_dim=outputs,
+                           **modelrc.get(modelrc["select"], {}))
+    return head
+
+
+def utterance_logits(head, features: list):
+    """What those recipes' forward computes before the loss: pad, project, pool, classify."""
+    import torch
+    from torch.nn.utils.rnn import pad_sequence
+
+    features_len = torch.IntTensor([len(f) for f in features]).to(device=features[0].device)
+    logits, _ = head.model(head.projector(pad_sequence(features, batch_first=True)), features_len)
+    return logits
+
+
+def class_answers(logits, labels: Sequence[str], key: str = "label") -> List[dict]:
+    """Arg-max label and the probability of every label, per utterance."""
+    probabilities = logits.float().softmax(-1).cpu()
+    return [{key: labels[int(p.argmax())], "probabilities": {label: round(float(v), 6) for label, v in zip(labels, p)}}
+            for p in probabilities]

@@ -6,7 +6,8 @@ the recipe reads `<meta_data>/SessionN/{train,test}_meta_data.json` (fold N test
 
 import os
 
-from .base import Task, datarc, labelled_lines, read_lines, same_ids
+from .base import (Task, class_answers, datarc, labelled_lines, read_lines, same_ids, utterance_level_head,
+                   utterance_logits)
 
 LABELS = ("neu", "hap", "ang", "sad")
 
@@ -133,6 +134,26 @@ class EmotionRecognition(Task):
         truth = [line.split(" ")[0] for line in read_lines(os.path.join(expdir, f"test_fold{fold}_truth.txt"))]
         same_ids(f"er fold{fold}", path, [item for item, _ in pairs], truth)
         return path
+
+    # ---- inference ----------------------------------------------------------------------------------
+
+    def head_facts(self, config):
+        """Class names by index, from the run's test-fold meta data (the recipe names predictions so)."""
+        import json
+
+        d = datarc(config)
+        with open(os.path.join(d["meta_data"], self._session(config), "test_meta_data.json")) as f:
+            labels = json.load(f)["labels"]
+        return {"labels": sorted(labels, key=labels.get)}
+
+    def untrained_facts(self):
+        return {"labels": list(LABELS)}
+
+    def build_head(self, upstream_dim, upstream_rate, modelrc, facts):
+        return utterance_level_head(upstream_dim, modelrc, len(facts["labels"]))
+
+    def answer(self, head, features, facts):
+        return class_answers(utterance_logits(head, features), facts["labels"])
 
     def add_prepare_command(self, sub):
         p = sub.add_parser("prepare-iemocap", help="write the emotion recipe's leave-one-session-out meta data")

@@ -8,7 +8,7 @@ import os
 
 from s3prl_adapters.errors import UserError
 
-from .base import Task, csv_column, datarc, latest_config, read_lines, same_ids
+from .base import Task, csv_column, datarc, latest_config, read_lines, same_ids, utterance_level_head, utterance_logits
 
 SLOTS = ("action", "object", "location")
 
@@ -109,6 +109,34 @@ class IntentClassification(Task):
         truth = [line.split(",")[0] for line in read_lines(os.path.join(expdir, "test_truth.csv"))]
         same_ids("ic", path, [line.split(",")[0] for line in lines], truth)
         return path
+
+    # ---- inference ----------------------------------------------------------------------------------
+
+    def head_facts(self, config):
+        """The recipe numbers each slot's values in order of first appearance in train_data.csv."""
+        train = os.path.join(datarc(config)["file_path"], "data", "train_data.csv")
+        return {"slots": {slot: list(dict.fromkeys(csv_column(train, slot))) for slot in SLOTS}}
+
+    def untrained_facts(self):
+        return {"slots": {"action": ["activate", "deactivate", "increase", "decrease", "bring", "change language"],
+                          "object": ["none", "music", "lights", "lamp", "volume", "heat", "newspaper", "juice", "socks",
+                                     "shoes", "Chinese", "Korean", "English", "German"],
+                          "location": ["none", "kitchen", "bedroom", "washroom"]}}
+
+    def build_head(self, upstream_dim, upstream_rate, modelrc, facts):
+        return utterance_level_head(upstream_dim, modelrc, sum(len(v) for v in facts["slots"].values()))
+
+    def answer(self, head, features, facts):
+        logits = utterance_logits(head, features)
+        answers = [{} for _ in features]
+        start = 0
+        for slot in SLOTS:  # the logits are the three slots side by side, each its own arg-max
+            values = facts["slots"][slot]
+            chosen = logits[:, start:start + len(values)].max(1)[1].tolist()
+            for answer, index in zip(answers, chosen):
+                answer[slot] = values[index]
+            start += len(values)
+        return answers
 
 
 TASK = IntentClassification()

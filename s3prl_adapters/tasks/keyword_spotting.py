@@ -11,7 +11,8 @@ imports on Python >= 3.10: bridge/compat.py supplies the one sampler it uses."""
 
 import os
 
-from .base import Task, datarc, labelled_lines, read_lines, same_ids
+from .base import (Task, class_answers, datarc, labelled_lines, read_lines, same_ids, utterance_level_head,
+                   utterance_logits)
 
 COMMANDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 CLASSES = COMMANDS + ("_unknown_", "_silence_")
@@ -138,6 +139,22 @@ class KeywordSpotting(Task):
         truth = [line.split(" ")[0] for line in read_lines(os.path.join(expdir, "test_truth.txt"))]
         same_ids("ks", path, [item for item, _ in pairs], truth)
         return path
+
+    # ---- inference ----------------------------------------------------------------------------------
+
+    audio_effects = (("gain", "-3.0"),)  # the recipe loads every clip through sox: channels 1, rate 16000, gain -3
+
+    def head_facts(self, config):
+        return {"classes": list(CLASSES)}
+
+    def untrained_facts(self):
+        return self.head_facts({})
+
+    def build_head(self, upstream_dim, upstream_rate, modelrc, facts):
+        return utterance_level_head(upstream_dim, modelrc, len(facts["classes"]))
+
+    def answer(self, head, features, facts):
+        return class_answers(utterance_logits(head, features), facts["classes"])
 
 
 def background_noise(kind: str, samples: int, rng):

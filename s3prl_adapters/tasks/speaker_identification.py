@@ -10,7 +10,7 @@ import os
 
 from s3prl_adapters.errors import UserError
 
-from .base import Task, datarc, labelled_lines, read_lines, same_ids
+from .base import Task, datarc, labelled_lines, read_lines, same_ids, utterance_level_head, utterance_logits
 
 SPLIT_CODES = {"train": "1", "dev": "2", "test": "3"}
 
@@ -105,6 +105,22 @@ class SpeakerIdentification(Task):
         truth = [line.split(" ")[0] for line in read_lines(os.path.join(expdir, "test_truth.txt"))]
         same_ids("sid", path, [item for item, _ in pairs], truth)
         return path
+
+    # ---- inference ----------------------------------------------------------------------------------
+
+    def head_facts(self, config):
+        return {"speakers": 1251}  # the recipe's fixed class count; class k is speaker id(10001 + k)
+
+    def untrained_facts(self):
+        return self.head_facts({})
+
+    def build_head(self, upstream_dim, upstream_rate, modelrc, facts):
+        return utterance_level_head(upstream_dim, modelrc, facts["speakers"])
+
+    def answer(self, head, features, facts):
+        probabilities = utterance_logits(head, features).float().softmax(-1).cpu()
+        return [{"speaker": f"id{10001 + int(p.argmax())}", "probability": round(float(p.max()), 6)}
+                for p in probabilities]
 
 
 TASK = SpeakerIdentification()

@@ -6,6 +6,7 @@ veri_test2.txt) and a dev list the recipe reads at start-up (`s3prl-adapters pre
 S3PRL workarounds it needs: `.cuda()` in its forward and a length cache inside the installed package."""
 
 import os
+from typing import List, Tuple
 
 from s3prl_adapters.errors import UserError
 
@@ -140,6 +141,49 @@ class SpeakerVerification(Task):
         if got != expected:
             raise UserError(f"sv: {path}: {len(got)} scored pairs do not match the {len(expected)} trials of {trials} in order")
         return path
+
+    # ---- inference ----------------------------------------------------------------------------------
+
+    audio_effects = (("gain", "-3.0"), ("silence", "1", "0.1", "0.1%", "-1", "0.1", "0.1%"))
+    """The recipe's sox chain after channels/rate: -3 dB and its VAD (every stretch over 0.1 s below
+    0.1 % of full scale removed), in training and test alike."""
+    scores_pairs = True
+    min_frames = 15  # the x-vector's TDNN context removes 14 frames
+
+    def threshold_trials(self, config) -> List[Tuple[str, str, str]]:
+        """(label, wav, wav) of the run's dev trial list (what export sets the decision threshold on)."""
+        d = datarc(config)
+        root = os.path.join(d["file_path"], "dev", "wav")
+        with open(d["dev_meta_data"]) as f:
+            return [(label, os.path.join(root, a), os.path.join(root, b))
+                    for label, a, b in (line.split() for line in f if line.strip())]
+
+    def head_facts(self, config):
+        return {}
+
+    def build_head(self, upstream_dim, upstream_rate, modelrc, facts):
+        from torch import nn
+
+        from s3prl.downstream.sv_voxceleb1.model import Model
+
+        head = nn.Module()
+        head.connector = nn.Linear(upstream_dim, modelrc["input_dim"])
+        hparams = modelrc["module_config"][modelrc["module"]]
+        head.model = Model(input_dim=modelrc["input_dim"], agg_dim=hparams.get("agg_dim", modelrc["input_dim"]),
+                           agg_module_name=modelrc["agg_module"], module_name=modelrc["module"], hparams=hparams,
+                           utterance_module_name=modelrc["utter_module"])
+        head.frames_lost = 14 if modelrc["module"] == "XVector" else 0  # the TDNN context the recipe masks out
+        return head
+
+    def answer(self, head, features, facts):
+        """The recipe's test embedding: masked aggregation, then L2-normalised (scored by cosine)."""
+        import torch
+        from torch.nn.utils.rnn import pad_sequence
+
+        masks = pad_sequence([torch.ones(len(f) - head.frames_lost) for f in features], batch_first=True)
+        x = head.connector(pad_sequence(features, batch_first=True))
+        vectors = head.model.inference(x, ((1.0 - masks) * -100000.0).to(x.device))
+        return [{"embedding": v} for v in torch.nn.functional.normalize(vectors, dim=-1).cpu()]
 
     def add_prepare_command(self, sub):
         p = sub.add_parser("prepare-voxceleb1", help="write the ASV recipe's dev trial list and check the test list")

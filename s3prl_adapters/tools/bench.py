@@ -219,6 +219,84 @@ def format_table(results, meta) -> str:
     return "\n".join(lines)
 
 
+# ---- serving: one backbone, many adapter sets (`bench --serving`) ---------------------------------------
+
+SERVING_TASKS = ("fluent_commands", "emotion", "asr", "sv_voxceleb1")
+SERVING_ROWS = [  # (name, tasks, upstream, one model per set)
+    ("1 task, L-only", SERVING_TASKS[:1], "wavlm_ladapter_only", False),
+    ("4 tasks, L-only", SERVING_TASKS, "wavlm_ladapter_only", False),
+    ("1 task, L+E", SERVING_TASKS[:1], "wavlm_ladapter", False),
+    ("4 tasks, L+E", SERVING_TASKS, "wavlm_ladapter", False),
+    ("4 tasks, L+E, a model per task", SERVING_TASKS, "wavlm_ladapter", True),
+]
+
+
+def _serving_child(args) -> None:
+    """One serving row in this process: load the backbone and the row's sets, then time predict."""
+    import torch
+
+    from s3prl_adapters.inference import AdapterSet, MultiTaskWavLM
+
+    torch.set_num_threads(args.threads)
+    name, tasks, upstream, separate = next(r for r in SERVING_ROWS if r[0] == args.serving_child)
+    baseline = _peak_memory_mb(args.device)
+    sets = [AdapterSet.load(os.path.join(args.sets_dir, f"{task}.{upstream}.adapter")) for task in tasks]
+    models = [MultiTaskWavLM(args.checkpoint, [s], device=args.device) for s in sets] if separate else \
+        [MultiTaskWavLM(args.checkpoint, sets, device=args.device)]
+    torch.manual_seed(0)
+    wavs = [torch.randn(int(args.seconds * 16000)) * 0.1 for _ in range(args.utterances)]
+    times = []
+    for i in range(args.warmup + args.steps):
+        _sync(args.device)
+        start = time.perf_counter()
+        for model in models:
+            model.predict(wavs)
+        _sync(args.device)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+    passes = sum(len({tuple(b.spec.audio_effects) for b in m.sets if b.shares_the_pass})
+                 + sum(not b.shares_the_pass for b in m.sets) for m in models)
+    print(json.dumps({"row": name, "sets": len(sets), "models": len(models), "backbone_passes": passes,
+                      "seconds": statistics.median(times), "baseline_memory_mb": baseline,
+                      "peak_memory_mb": _peak_memory_mb(args.device)}))
+
+
+def run_serving(args, ckpt: str) -> list:
+    """Every serving row, each in its own process (its peak memory its own)."""
+    from s3prl_adapters.inference import untrained
+
+    results = []
+    with tempfile.TemporaryDirectory() as sets_dir:
+        for upstream in sorted({r[2] for r in SERVING_ROWS}):
+            for task in SERVING_TASKS:
+                untrained(task, upstream, ckpt, seed=1).save(os.path.join(sets_dir, f"{task}.{upstream}.adapter"))
+        for row in SERVING_ROWS:
+            cmd = [sys.executable, "-m", "s3prl_adapters.tools.bench", "--serving-child", row[0], "--sets-dir", sets_dir,
+                   "--checkpoint", ckpt, "--utterances", str(args.utterances), "--seconds", str(args.seconds),
+                   "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
+                   "--threads", str(args.threads)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"bench serving row {row[0]} failed: {proc.stderr.strip().splitlines()[-1:]}")
+            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(f"[bench] {row[0]}: {results[-1]['seconds']:.2f} s", file=sys.stderr, flush=True)
+    return results
+
+
+def serving_table(results, meta) -> str:
+    base = results[0]
+    lines = [f"{meta['shape']}, {meta['utterances']} utterances x {meta['seconds']} s per predict call, "
+             f"{meta['device']} ({meta.get('machine', '?')}), {meta['threads']} thread(s), median of {meta['steps']} "
+             f"calls after {meta['warmup']} warm-up", "",
+             "| row | sets | backbones in memory | backbone passes per call | s per call | x 1 task L-only | "
+             "peak MB | +MB | x 1 task L-only |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['row']} | {r['sets']} | {r['models']} | {r['backbone_passes']} | {r['seconds']:.2f} | "
+                     f"{r['seconds'] / base['seconds']:.2f} | {r['peak_memory_mb']:.0f} | {_added(r):.0f} | "
+                     + (f"{_added(r) / _added(base):.2f} |" if _added(base) > 0 else "– |"))
+    return "\n".join(lines) + "\n"
+
+
 def markdown_table(results, meta) -> str:
     """The table as Markdown, each row with its switches and every ratio against fine-tuning in float32."""
     ft = next(r for r in results if r["method"] == "finetune")
@@ -274,7 +352,12 @@ def main(argv=None):
                    "ratios' denominators)")
     p.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown to FILE")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--serving", action="store_true", help="instead: one backbone serving 1 vs 4 task adapter sets "
+                   "(L-only vs L+E, and a model per task), predict time and peak memory")
+    p.add_argument("--utterances", type=int, default=10, help="--serving: utterances per predict call")
     p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--serving-child", help=argparse.SUPPRESS)
+    p.add_argument("--sets-dir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.device is None:
         import torch
@@ -282,6 +365,8 @@ def main(argv=None):
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.child:
         return _child_main(args)
+    if args.serving_child:
+        return _serving_child(args)
     if args.checkpoint:
         from s3prl_adapters.method.backbone import check_wavlm_checkpoint_file
         from s3prl_adapters.errors import UserError
@@ -299,12 +384,21 @@ def main(argv=None):
 
             ckpt = os.path.join(d, "wavlm.pt")
             save_checkpoint(build_wavlm(SHAPES[args.shape], seed=0), ckpt) if args.shape in SHAPES else make_tiny_wavlm(ckpt)
+        meta = {"shape": args.checkpoint or args.shape, "batch": args.batch, "seconds": args.seconds,
+                "device": args.device, "machine": machine_name(args.device), "threads": args.threads,
+                "steps": args.steps, "warmup": args.warmup, "utterances": args.utterances}
+        if args.serving:
+            results = run_serving(args, ckpt)
+            table = serving_table(results, meta)
+            if args.markdown:
+                with open(args.markdown, "w") as f:
+                    f.write(table)
+            print(json.dumps({"meta": meta, "results": results}, indent=1) if args.json else table)
+            return
         default = [r[0] for r in ROWS if r[0] not in GPU_ONLY_ROWS or args.device.startswith("cuda")]
         wanted = {"finetune", "frozen"} | set(args.methods or default)
         results = run_bench(ckpt, args.batch, args.seconds, args.steps, args.warmup, args.device,
                             [r for r in ROWS if r[0] in wanted])
-    meta = {"shape": args.checkpoint or args.shape, "batch": args.batch, "seconds": args.seconds, "device": args.device,
-            "machine": machine_name(args.device), "threads": args.threads, "steps": args.steps, "warmup": args.warmup}
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(markdown_table(results, meta))

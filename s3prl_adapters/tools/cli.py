@@ -67,6 +67,30 @@ def _convert_hf(args):
     print(f"wrote {args.out} (S3PRL {{'cfg','model'}} WavLM from {args.folder})")
 
 
+def _export(args):
+    from s3prl_adapters.tools.predict import export_command
+
+    return export_command(args)
+
+
+def _predict(args):
+    from s3prl_adapters.tools.predict import predict_command
+
+    return predict_command(args)
+
+
+def _verify(args):
+    from s3prl_adapters.tools.predict import verify_command
+
+    return verify_command(args)
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="s3prl-adapters", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks for expected errors too")
@@ -110,6 +134,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("bench", help="training/inference cost of every method vs S3PRL fine-tuning (see bench --help)")
 
+    p = sub.add_parser("export", help="one file per trained task: what predict needs from a run's checkpoint")
+    p.add_argument("checkpoint", help="a checkpoint run_downstream.py wrote (EXPDIR/dev-best.ckpt, states-N.ckpt)")
+    p.add_argument("-o", "--output", required=True, help="the adapter set to write, e.g. ic.adapter")
+    p.add_argument("--backbone", help="the WavLM the run was trained on (default: the run's -k)")
+    p.add_argument("--no-threshold", action="store_true", help="ASV: skip the dev-EER threshold (no dev pass)")
+    p.add_argument("--device", default=None, help="for the ASV threshold's dev pass (default: cuda when available)")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("predict", help="answer every task of the given adapter sets for audio files (JSON lines)")
+    p.add_argument("--backbone", required=True, help="the WavLM the sets were trained on")
+    p.add_argument("--adapters", nargs="+", required=True, help="exported adapter sets (answers are keyed by file stem)")
+    p.add_argument("inputs", nargs="*", help="audio files, folders (recursive) or text lists of paths (may follow "
+                   "--adapters: the first non-adapter file ends that list)")
+    p.add_argument("-o", "--output", help="JSON-lines file (default: standard output)")
+    p.add_argument("--embeddings", help="folder for ASV embeddings (.npy; default: embeddings/ beside the output)")
+    p.add_argument("--batch-size", type=int, default=8, help="files per backbone pass, grouped by length (1: exactly "
+                   "as the recipes evaluate with batch 1; larger batches pad, as S3PRL's own evaluation does)")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("verify", help="speaker verification of two files: score and same/different at the stored threshold")
+    p.add_argument("--backbone", required=True)
+    p.add_argument("--adapters", nargs="+", required=True, help="exactly one ASV adapter set among them")
+    p.add_argument("files", nargs="*", metavar="A.wav B.wav", help="the two recordings")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_verify)
+
     p = sub.add_parser("submit", help="validate S3PRL test predictions and zip them in the SUPERB layout")
     from s3prl_adapters.tools.submission import add_arguments
 
@@ -136,13 +187,17 @@ def main(argv=None):
 
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
+    if getattr(args, "device", "unset") is None:
+        args.device = _default_device()
     try:
-        args.func(args)
+        code = args.func(args)
     except UserError as e:
         if args.debug:
             raise
         print(f"s3prl-adapters {args.command}: error: {e}", file=sys.stderr)
         sys.exit(2)
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":
