@@ -1,12 +1,13 @@
 """`s3prl-adapters bench`: training-step time, peak memory, inference time and checkpoint size of the
 adapter upstreams against stock S3PRL `wavlm_local` fine-tuned and frozen, measured in one run.
 
-Each method runs in a child process of its own, so its peak RSS is its own (ru_maxrss of the
-child); on CUDA the peak is torch.cuda.max_memory_allocated. '+MB' is the peak above what the
-child held before building the model (Python, torch and S3PRL imports: ~0.7 GB RSS here), i.e. what
-the method itself costs. A training step is what S3PRL's
-runner does: upstream (under no_grad when frozen) -> S3PRL Featurizer -> a SUPERB-style head
-(projector 256, mean pooling, linear) -> backward -> Adam step over what trains."""
+Each method runs in a child process of its own, so its peak memory is its own (the child's
+high-water RSS, VmHWM); on CUDA the peak is torch.cuda.max_memory_allocated. '+MB' is the peak
+above what the child held before building the model (Python, torch and S3PRL imports), i.e. what
+the method itself costs. A training step is what S3PRL's runner does: upstream (under no_grad when
+frozen) -> S3PRL Featurizer -> a SUPERB-style head (projector 256, mean pooling, linear) ->
+backward -> Adam step over what trains. `--serving` measures inference instead: one backbone
+answering 1 vs 4 tasks' adapter sets."""
 
 import argparse
 import contextlib
@@ -158,13 +159,20 @@ def measure_one(name, upstream, finetune, settings, ckpt, batch, seconds, steps,
 
 
 def _peak_memory_mb(device) -> float:
+    """This process's peak memory: on CUDA torch's peak allocation; on CPU the kernel's high-water RSS
+    of this process's own address space (VmHWM). Not ru_maxrss: Linux counts in it the parent's RSS
+    at fork time, so a child of a process that held a Base+ model would report that as its own peak."""
     import resource
 
     import torch
 
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_bench(ckpt, batch, seconds, steps, warmup, device, rows=ROWS) -> list:
