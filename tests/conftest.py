@@ -27,6 +27,21 @@ def tiny_fsc(tmp_path_factory):
     return make_tiny_fsc(str(tmp_path_factory.mktemp("fsc")))
 
 
+def leave_lora_init(expert, std=0.01):
+    """LoRA starts with B = 0, so no gradient reaches A: move B off zero (for tests that need every
+    trainable tensor to get a gradient). No effect on other methods."""
+    with torch.no_grad():
+        for name, p in expert.named_parameters():
+            if ".lora_B." in name:
+                p.normal_(0.0, std)
+
+
+def stock_name(ours: str) -> str:
+    """The name stock wavlm_local gives a backbone parameter of our expert (PEFT moves a LoRA-wrapped
+    weight under `.base_layer`)."""
+    return ours.replace("model.", "", 1).replace(".base_layer", "")
+
+
 def tool(name):
     """Path of a console script installed into the repo's .venv (or next to the running python)."""
     for d in (BIN, os.path.dirname(sys.executable)):

@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from conftest import leave_lora_init, stock_name
+
 from s3prl.upstream.wavlm.hubconf import wavlm_local
 from s3prl_adapters.bridge import hubconf
 from s3prl_adapters.method.config import AdapterConfig
@@ -24,12 +26,12 @@ def _zero_up_projections(expert):
 
 
 def _freeze_like(stock, ours):
-    flags = {n.replace("model.", "", 1): p.requires_grad for n, p in ours.named_parameters() if n.startswith("model.")}
+    flags = {stock_name(n): p.requires_grad for n, p in ours.named_parameters() if n.startswith("model.")}
     for n, p in stock.model.named_parameters():
         p.requires_grad_(flags[n])
 
 
-@pytest.mark.parametrize("upstream", ["wavlm_ladapter", "wavlm_houlsby"])
+@pytest.mark.parametrize("upstream", ["wavlm_ladapter", "wavlm_houlsby", "wavlm_lora"])
 def test_identity_adapters_give_stock_hidden_states_bit_exactly(tiny_ckpt, upstream):
     ours = hubconf.UPSTREAMS[upstream](ckpt=tiny_ckpt).eval()
     _zero_up_projections(ours)
@@ -76,6 +78,7 @@ def test_l_adapter_outputs_are_the_hidden_states(tiny_ckpt):
 def test_exactly_the_adapters_get_gradients_and_the_backbone_never_moves(tiny_ckpt, upstream):
     torch.manual_seed(0)
     expert = hubconf.UPSTREAMS[upstream](ckpt=tiny_ckpt).train()
+    leave_lora_init(expert)
     frozen_before = {n: p.detach().clone() for n, p in expert.named_parameters() if not p.requires_grad}
     trainable = [n for n, p in expert.named_parameters() if p.requires_grad]
     assert set(trainable) == set(expert.state_dict())
@@ -120,7 +123,9 @@ def test_adapter_only_state_round_trips_into_a_fresh_upstream(tiny_ckpt, upstrea
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.1)
     state = trained.state_dict()
-    assert not any(k.startswith("model.") and "adapter" not in k and "layer_norm" not in k for k in state)
+    assert not any(k.startswith("model.") and "adapter" not in k and "layer_norm" not in k and ".lora_" not in k
+                   for k in state)
+    assert set(state) == set(trained.trainable_parameter_names())  # exactly what trains, nothing of the backbone
     fresh = hubconf.UPSTREAMS[upstream](ckpt=tiny_ckpt).eval()
     fresh.load_state_dict(state)
     with torch.no_grad():

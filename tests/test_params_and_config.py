@@ -18,6 +18,7 @@ EXPECTED = {
     "wavlm_eadapter": 4_786_176,
     "wavlm_ladapter_only": 4_737_036,
     "wavlm_ladapter": 9_127_436,
+    "wavlm_lora": 248 * 12 * 2 * (768 + 768),  # the rank nearest the proposed count: 9,142,272
 }
 
 

@@ -81,3 +81,51 @@ def test_evaluate_from_checkpoint_rebuilds_backbone_from_k(trained):
     assert "test acc:" in proc.stdout
     lines = (expdir / "test_predict.csv").read_text().splitlines()
     assert len(lines) == 4 and all(len(line.split(",")) == 4 for line in lines)
+
+
+def _train(argv, tmp_path, config=None):
+    if config is not None:
+        argv = argv + ["-c", str(config)]
+    proc = subprocess.run([tool("run_downstream.py")] + argv, capture_output=True, text=True, timeout=300,
+                          cwd=str(tmp_path), env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_lora_trains_saves_only_lora_and_resumes(tiny_ckpt, tiny_fsc, tmp_path):
+    expdir = tmp_path / "lora"
+    proc = _train(["-m", "train", "-u", "wavlm_lora", "-k", tiny_ckpt, "-d", "fluent_commands", "-p", str(expdir),
+                   "-o", OVERRIDES.format(root=tiny_fsc) + ",,config.runner.max_keep=2"], tmp_path)
+    assert "wavlm_lora: rank 224 on q, v of 3 layers: 129,024 trainable, against 128,867 for the proposed" in proc.stderr
+    ckpt = _load(expdir / "states-6.ckpt")
+    assert ckpt["Upstream"] and all(".lora_A." in k or ".lora_B." in k for k in ckpt["Upstream"])
+    assert len(ckpt["Upstream"]) == 3 * 2 * 2  # 3 layers x (q, v) x (A, B)
+    groups = {g["name"]: g["lr"] for g in ckpt["Optimizer"]["param_groups"]}
+    assert groups == {"head": 5e-4, "featurizer": 5e-4, "lora": 1e-5}  # fluent_commands config, wavlm_lora row
+    middle = _load(expdir / "states-3.ckpt")
+    assert any(not torch.equal(middle["Upstream"][k], ckpt["Upstream"][k]) for k in ckpt["Upstream"] if ".lora_B." in k)
+    os.remove(expdir / "states-6.ckpt")
+    _train(["-m", "train", "-e", str(expdir / "states-3.ckpt")], tmp_path)
+    resumed = _load(expdir / "states-6.ckpt")
+    assert all(torch.equal(resumed["Upstream"][k], ckpt["Upstream"][k]) for k in ckpt["Upstream"])
+
+
+def test_fine_tuning_gets_the_papers_head_and_encoder_rates(tiny_ckpt, tiny_fsc, tmp_path):
+    import yaml
+
+    argv = ["-m", "train", "-u", "wavlm_local", "-f", "-k", tiny_ckpt, "-d", "fluent_commands", "-o",
+            OVERRIDES.format(root=tiny_fsc)]
+    proc = _train(argv + ["-p", str(tmp_path / "ft")], tmp_path)
+    groups = {g["name"]: g["lr"] for g in _load(tmp_path / "ft" / "states-6.ckpt")["Optimizer"]["param_groups"]}
+    assert groups == {"head": 5e-4, "featurizer": 5e-4, "encoder": 1e-4}  # the paper's IC fine-tuning rates
+    assert "optimizer groups: head" in proc.stderr and "encoder" in proc.stderr
+
+    from s3prl_adapters.paths import CONFIG_ROOT
+
+    stock = yaml.safe_load(open(os.path.join(CONFIG_ROOT, "fluent_commands", "config.yaml")))
+    del stock["adapter_optimizer"]["wavlm_local"]
+    config = tmp_path / "stock.yaml"
+    config.write_text(yaml.safe_dump(stock))
+    proc = _train(argv + ["-p", str(tmp_path / "stock")], tmp_path, config)  # no section: S3PRL's one rate
+    groups = _load(tmp_path / "stock" / "states-6.ckpt")["Optimizer"]["param_groups"]
+    assert len(groups) == 1 and groups[0]["lr"] == 1e-4 and "optimizer groups" not in proc.stderr

@@ -55,6 +55,12 @@ def wavlm_houlsby(ckpt: Optional[str] = None, model_config: Optional[str] = None
     return _build("wavlm_houlsby", ckpt, model_config, refresh)
 
 
+def wavlm_lora(ckpt: Optional[str] = None, model_config: Optional[str] = None, refresh: bool = False, **kwargs):
+    """LoRA (HF PEFT) on attention q/v of every layer (lora_ffn: true adds fc1/fc2); the Featurizer
+    sums the 13 backbone states. The rank defaults to the one matching the proposed method's count."""
+    return _build("wavlm_lora", ckpt, model_config, refresh)
+
+
 UPSTREAMS = {name: globals()[name] for name in METHODS}
 
 

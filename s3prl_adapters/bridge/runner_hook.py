@@ -23,7 +23,9 @@ from s3prl_adapters.bridge.hubconf import UPSTREAMS
 from s3prl_adapters.bridge.preflight import check_corpus
 from s3prl_adapters.tasks import find_task
 
-GROUPS = ("head", "featurizer", "l_adapter", "e_adapter", "layer_norm")
+GROUPS = ("head", "featurizer", "l_adapter", "e_adapter", "layer_norm", "lora")
+STOCK_GROUPS = ("head", "featurizer", "encoder")
+"""Fine-tuning a stock upstream (-f) with the paper's two rates: the head, and the whole upstream ('encoder')."""
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -36,22 +38,28 @@ def upstream_group(name: str) -> str:
         return "l_adapter"
     if ".e_adapter." in name:
         return "e_adapter"
+    if ".lora_A." in name or ".lora_B." in name:
+        return "lora"
     if name.endswith(("self_attn_layer_norm.weight", "self_attn_layer_norm.bias",
                       "final_layer_norm.weight", "final_layer_norm.bias")):
         return "layer_norm"
     raise ValueError(f"no learning-rate group for trainable upstream parameter '{name}'")
 
 
-def group_learning_rates(config: dict, upstream: str, has_l_adapters: bool) -> Dict[str, float]:
+def group_learning_rates(config: dict, upstream: str, has_l_adapters: bool, groups=GROUPS) -> Dict[str, float]:
     """Per-group learning rates; groups the config leaves out fall back to `optimizer.lr`."""
     default = float(config["optimizer"]["lr"])
-    section = (config.get("adapter_optimizer") or {}).get(upstream) or {}
-    unknown = sorted(set(section) - set(GROUPS))
+    section = optimizer_section(config, upstream)
+    unknown = sorted(set(section) - set(groups))
     if unknown:
-        raise UserError(f"config adapter_optimizer.{upstream}: unknown group(s) {unknown}; valid: {list(GROUPS)}")
-    lrs = {g: float(section.get(g, default)) for g in GROUPS if g != "featurizer"}
+        raise UserError(f"config adapter_optimizer.{upstream}: unknown group(s) {unknown}; valid: {list(groups)}")
+    lrs = {g: float(section.get(g, default)) for g in groups if g != "featurizer"}
     lrs["featurizer"] = float(section.get("featurizer", lrs["l_adapter"] if has_l_adapters else lrs["head"]))
     return lrs
+
+
+def optimizer_section(config: dict, upstream: str) -> dict:
+    return (config.get("adapter_optimizer") or {}).get(upstream) or {}
 
 
 def _optimizer_class(optimizer_config: dict):
@@ -67,12 +75,15 @@ def _optimizer_class(optimizer_config: dict):
 
 
 def build_grouped_optimizer(upstream: nn.Module, featurizer: nn.Module, downstream: nn.Module,
-                            config: dict, upstream_name: str) -> torch.optim.Optimizer:
-    lrs = group_learning_rates(config, upstream_name, bool(getattr(upstream, "l_adapters", None)))
-    params = OrderedDict((g, []) for g in GROUPS)
+                            config: dict, upstream_name: str, stock: bool = False) -> torch.optim.Optimizer:
+    """One optimizer group per kind of parameter, each with its rate from `adapter_optimizer.<upstream>`.
+    `stock`: a fine-tuned stock upstream, whose every trainable parameter is in the 'encoder' group."""
+    groups = STOCK_GROUPS if stock else GROUPS
+    lrs = group_learning_rates(config, upstream_name, bool(getattr(upstream, "l_adapters", None)), groups)
+    params = OrderedDict((g, []) for g in groups)
     for name, p in upstream.named_parameters():
         if p.requires_grad:
-            params[upstream_group(name)].append(p)
+            params["encoder" if stock else upstream_group(name)].append(p)
     params["featurizer"] += [p for p in featurizer.parameters() if p.requires_grad]
     params["head"] += [p for p in downstream.parameters() if p.requires_grad]
     groups = [{"params": ps, "lr": lrs[g], "name": g} for g, ps in params.items() if ps]
@@ -168,11 +179,13 @@ class AdapterRunner(Runner):
         return optimizer
 
     def _build_optimizer(self, model_params: List[nn.Module]):
-        if not self.uses_adapter_upstream:
-            return super()._get_optimizer(model_params)
+        stock_groups = (not self.uses_adapter_upstream and self.args.upstream_trainable
+                        and optimizer_section(self.config, self.args.upstream))
+        if not self.uses_adapter_upstream and not stock_groups:
+            return super()._get_optimizer(model_params)  # S3PRL's own: one rate for everything
         optimizer = build_grouped_optimizer(
             _unwrap(self.upstream.model), _unwrap(self.featurizer.model), _unwrap(self.downstream.model),
-            self.config, self.args.upstream,
+            self.config, self.args.upstream, stock=bool(stock_groups),
         )
         print(f"[s3prl-adapters] optimizer groups: {describe_groups(optimizer)}", file=sys.stderr)
         self._load_weight(optimizer, "Optimizer")

@@ -69,6 +69,9 @@ def export(ckpt_path: str, backbone: Optional[str] = None, threshold: bool = Tru
 
     adapter_config = None
     if args.upstream in UPSTREAMS:
+        if METHODS[args.upstream] == "lora":
+            raise UserError(f"checkpoint {ckpt_path}: predict does not serve LoRA runs yet (their update lives inside "
+                            f"the attention weights); the adapter methods and stock wavlm_local are served")
         adapter_config = _adapter_config(args, ckpt_path, METHODS[args.upstream], num_layers)
     finetuned = args.upstream not in UPSTREAMS and bool(args.upstream_trainable)
     l_layers = (adapter_config or {}).get("l_adapter_layers") or []

@@ -16,6 +16,7 @@ METHODS = {
     "wavlm_ladapter_only": "l_only",     # L-adapters (+ layer LNs if train_layer_norms)
     "wavlm_eadapter": "e_only",          # E-adapters after every FFN + layer LNs
     "wavlm_houlsby": "conventional",     # E-adapters after MHSA and after FFN, every layer + layer LNs
+    "wavlm_lora": "lora",                # LoRA (HF PEFT) on attention q/v of every layer (optionally the FFN)
 }
 
 ACTIVATIONS = ("gelu", "relu")
@@ -68,6 +69,16 @@ class AdapterConfig:
     backward (torch.utils.checkpoint): lower peak memory for methods that train inside the
     backbone, for one more forward pass through its layers. No effect when nothing inside trains."""
 
+    lora_rank: Optional[int] = None
+    """LoRA rank (wavlm_lora). None = the rank whose trainable count is closest to the proposed
+    method's (L + E adapters with this config's sizes) on the same backbone."""
+
+    lora_alpha: Optional[float] = None
+    """LoRA's scaling numerator: the update B·A is scaled by lora_alpha / lora_rank. None = the rank (scaling 1)."""
+
+    lora_ffn: bool = False
+    """Also put LoRA on the feed-forward weights (fc1, fc2) of every layer, not only on attention q and v."""
+
     autocast: str = "none"
     """Run the upstream (encoder layers, E- and L-adapters; WavLM's CNN stays float32) under
     torch.autocast: 'none', 'bfloat16' (CPU or GPU) or 'float16' (GPU). Hidden states leave the
@@ -80,6 +91,10 @@ class AdapterConfig:
     @property
     def has_e_adapters(self) -> bool:
         return self.method in ("proposed", "e_only", "conventional")
+
+    @property
+    def has_lora(self) -> bool:
+        return self.method == "lora"
 
     def resolved(self, num_layers: int) -> "AdapterConfig":
         """Fill the method defaults that depend on the backbone depth and check every index."""
@@ -96,9 +111,13 @@ class AdapterConfig:
         if cfg.attention_adapters is None:
             cfg.attention_adapters = cfg.method == "conventional"
         if cfg.train_layer_norms is None:
-            cfg.train_layer_norms = cfg.method != "l_only"
+            cfg.train_layer_norms = cfg.method not in ("l_only", "lora")
         if cfg.backbone_dropout is None:
-            cfg.backbone_dropout = cfg.has_e_adapters or cfg.train_layer_norms
+            cfg.backbone_dropout = cfg.has_e_adapters or cfg.has_lora or cfg.train_layer_norms
+        if (cfg.lora_rank is not None or cfg.lora_alpha is not None or cfg.lora_ffn) and not cfg.has_lora:
+            raise UserError(f"adapter config: lora_* settings given, but method '{cfg.method}' has no LoRA")
+        if cfg.lora_rank is not None and cfg.lora_rank < 1:
+            raise UserError(f"adapter config: 'lora_rank' must be >= 1, got {cfg.lora_rank}")
         for name in ("e_adapter_layers", "l_adapter_layers"):
             bad = [i for i in getattr(cfg, name) if not 0 <= i < num_layers]
             if bad:
@@ -123,9 +142,10 @@ def _check_type(key, value):
         "e_adapter_layers": list, "l_adapter_layers": list, "attention_adapters": bool,
         "train_layer_norms": bool, "init_std": float, "layer_norm_eps": float,
         "backbone_dropout": bool, "checkpoint_activations": bool, "autocast": str,
+        "lora_rank": int, "lora_alpha": float, "lora_ffn": bool,
     }[key]
     if value is None and key in ("e_adapter_layers", "l_adapter_layers", "attention_adapters", "train_layer_norms",
-                                     "backbone_dropout"):
+                                     "backbone_dropout", "lora_rank", "lora_alpha"):
         return value
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)

@@ -10,6 +10,7 @@ The module's `state_dict` holds only what trains, so S3PRL's checkpoints stay ad
 `load_state_dict` accepts exactly that set and names the culprit when it does not fit."""
 
 import math
+import sys
 from contextlib import nullcontext
 from typing import Callable, Dict, List, Optional
 
@@ -75,6 +76,8 @@ class AdapterWavLMExpert(nn.Module):
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.e_adapter_names = sorted(attach_e_adapters(self.model, cfg))
+        if cfg.has_lora:
+            self._attach_lora(cfg)
         if cfg.train_layer_norms:
             for name in layer_norm_names(self.model):
                 self.model.get_submodule(name).requires_grad_(True)
@@ -96,6 +99,17 @@ class AdapterWavLMExpert(nn.Module):
             self._prepare_for_autocast()
 
         self._downsample_rate = math.prod(stride for _, _, stride in conv_layers(wavlm.cfg))
+
+    def _attach_lora(self, cfg: AdapterConfig) -> None:
+        from s3prl_adapters.method.lora import attach_lora, matching_rank, per_rank_count, proposed_count
+
+        target = proposed_count(self.model, cfg)
+        if cfg.lora_rank is None:
+            cfg.lora_rank = matching_rank(self.model, cfg)
+        attach_lora(self.model, cfg)
+        print(f"[s3prl-adapters] wavlm_lora: rank {cfg.lora_rank} on {'q, v, fc1, fc2' if cfg.lora_ffn else 'q, v'} "
+              f"of {len(self.model.encoder.layers)} layers: {cfg.lora_rank * per_rank_count(self.model, cfg):,} "
+              f"trainable, against {target:,} for the proposed method with these sizes", file=sys.stderr)
 
     def _prepare_for_autocast(self) -> None:
         """Two measured fixes for bf16 autocast on CPU (torch 2.8, Base+ shape, 1 thread):

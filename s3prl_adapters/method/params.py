@@ -52,6 +52,7 @@ def parameter_table(backbone: str = "base_plus") -> List[ParamRow]:
         "wavlm_eadapter": "E-adapters only",
         "wavlm_ladapter_only": "L-adapters only",
         "wavlm_ladapter": "L-adapters + E-adapters (proposed)",
+        "wavlm_lora": "LoRA on q/v (PEFT; rank matched)",
     }
     for upstream, title in names.items():
         expert = AdapterWavLMExpert(fresh_backbone(), AdapterConfig(method=METHODS[upstream]))

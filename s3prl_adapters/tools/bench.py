@@ -26,6 +26,7 @@ ROWS = [  # (name, upstream, stock -f, adapter settings (-g) or the feature cach
     ("eadapter", "wavlm_eadapter", False, {}),
     ("ladapter_only", "wavlm_ladapter_only", False, {}),
     ("ladapter", "wavlm_ladapter", False, {}),
+    ("lora", "wavlm_lora", False, {}),
     # The switches of issue 5: activation checkpointing, bf16 autocast, and the feature cache
     # (steps after the warm-up read the backbone's states from memory).
     ("eadapter+ckpt", "wavlm_eadapter", False, {"checkpoint_activations": True}),

@@ -23,6 +23,7 @@ METHODS = {m.name: m for m in [
     Method("eadapter", "E-adapters only", "wavlm_eadapter"),
     Method("ladapter_only", "L-adapters only", "wavlm_ladapter_only"),
     Method("ladapter", "L+E adapters (proposed)", "wavlm_ladapter"),
+    Method("lora", "LoRA (PEFT, q/v)", "wavlm_lora"),
 ]}
 
 CACHEABLE = ("frozen", "ladapter_only")
