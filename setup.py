@@ -12,6 +12,7 @@ setup(
         "s3prl==0.4.18",
         "transformers<5",
         "huggingface_hub<1",
+        "peft==0.21.2",
         "tensorboardX",
         "soundfile",
         "pandas",
