@@ -206,3 +206,18 @@ def test_sv_expert_cuda_calls_follow_the_features_device():
     finally:
         DownstreamExpert.forward = original
     assert seen == [torch.device("meta")]
+
+
+def test_lazy_hub_imports_only_what_the_run_uses_and_still_resolves_every_upstream():
+    probe = ("import sys\n"
+             "if sys.argv[1] == 'with':\n"
+             "    from s3prl_adapters.bridge import compat; compat.s3prl_hub_imports_every_upstream()\n"
+             "import s3prl.run_downstream\n"
+             "from s3prl import hub\n"
+             "print(callable(hub.wavlm_local), 'transformers' in sys.modules, 's3prl.upstream.hubert.hubconf' in sys.modules)\n"
+             "print(callable(hub.hubert_local), 'options' in dir(hub))\n")
+    stock = subprocess.run([sys.executable, "-c", probe, "without"], capture_output=True, text=True, timeout=300)
+    assert stock.stdout.splitlines()[0] == "True True True"  # S3PRL's hub imports every family up front
+    lazy = subprocess.run([sys.executable, "-c", probe, "with"], capture_output=True, text=True, timeout=300)
+    assert lazy.returncode == 0, lazy.stderr[-2000:]
+    assert lazy.stdout.splitlines() == ["True False False", "True True"]  # WavLM alone; the rest on demand

@@ -6,6 +6,7 @@ fails without it (tests/test_compat.py). None edits S3PRL's installed files."""
 import argparse
 import os
 import sys
+import types
 from typing import Any, Callable, Dict, List
 
 import torch
@@ -41,7 +42,62 @@ def run_device(argv: List[str]) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+class _LazyHub(types.ModuleType):
+    """`s3prl.hub` that imports an upstream family only when one of its names is first asked for:
+    WavLM's entries from S3PRL's WavLM hubconf alone, anything else from the real hub, loaded then."""
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if name.startswith("wavlm"):
+            import importlib
+
+            wavlm = importlib.import_module("s3prl.upstream.wavlm.hubconf")
+            if hasattr(wavlm, name):
+                setattr(self, name, getattr(wavlm, name))
+                return getattr(wavlm, name)
+        return getattr(self._real(), name)
+
+    def __dir__(self):
+        return dir(self._real())
+
+    def _real(self):
+        """The real hub module, executed once (its 36 star imports), its names copied onto this one."""
+        real = self.__dict__.get("_real_hub")
+        if real is None:
+            import importlib.util
+
+            spec = importlib.util.spec_from_file_location("s3prl.hub", self.__dict__["_real_path"])
+            real = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(real)
+            for key, value in vars(real).items():
+                if not key.startswith("__") and key not in self.__dict__:
+                    setattr(self, key, value)
+            self.__dict__["_real_hub"] = real
+        return real
+
+
+def s3prl_hub_imports_every_upstream() -> None:
+    """`s3prl.hub`, which S3PRL's runner and run_downstream import at module top, star-imports the
+    hubconfs of 36 upstream families (transformers among them): 2.2 s and every optional dependency
+    in each process, for the one upstream a run uses. Install a lazy `s3prl.hub` before S3PRL
+    imports it: WavLM names (and the adapter upstreams, registered onto it) cost one hubconf; any
+    other name loads the real hub on first use, so every upstream still resolves."""
+    import importlib.util
+
+    import s3prl
+
+    if isinstance(sys.modules.get("s3prl.hub"), _LazyHub) or "s3prl.hub" in sys.modules:
+        return  # already lazy, or the real one is loaded already (nothing left to save)
+    hub = _LazyHub("s3prl.hub", "S3PRL's hub, loading each upstream family on first use (s3prl-adapters)")
+    hub.__dict__["_real_path"] = importlib.util.find_spec("s3prl.hub").origin
+    hub.__file__ = hub.__dict__["_real_path"]
+    sys.modules["s3prl.hub"] = hub
+    s3prl.hub = hub
+
+
 def install_runtime_workarounds(device: str, ddp_timeout_minutes: float) -> None:
+    s3prl_hub_imports_every_upstream()  # first: the ones below import S3PRL's runner, which imports the hub
     s3prl_checkpoints_fail_weights_only_load()
     runner_checkpoints_can_be_lost_on_a_kill()
     ddp_assumes_cuda(device)

@@ -21,6 +21,7 @@ class SpeechRecognition(Task):
     title = "ASR WER %"
     corpus = "LibriSpeech"
     evaluated_split = "test-clean"
+    dev_split = "dev-clean"
     metric = "wer"
     metric_pattern = r"^test-clean wer: ([\d.eE+-]+)$"
     percent = 1.0
@@ -130,6 +131,24 @@ class SpeechRecognition(Task):
         refs = [line.split(" ", 1)[0] for line in read_lines(os.path.join(expdir, "test-clean-noLM-ref.ark"))]
         same_ids("asr", path, [line.split(" ", 1)[0] for line in lines], refs)
         return path
+
+    # ---- per-item outcomes ---------------------------------------------------------------------------
+
+    def test_items(self, expdir, fold=None):
+        """Word errors and reference words per utterance (WER = their sums' ratio, as the recipe computes)."""
+        import editdistance
+
+        hyp = {u: w.split() for u, _, w in (line.partition(" ") for line in read_lines(os.path.join(expdir, self.prediction_file)))}
+        ref = {u: w.split() for u, _, w in (line.partition(" ") for line in
+                                            read_lines(os.path.join(expdir, "test-clean-noLM-ref.ark")))}
+        ids = sorted(ref)
+        return {"ids": ids, "errors": [editdistance.eval(hyp.get(u, []), ref[u]) for u in ids],
+                "words": [len(ref[u]) for u in ids]}
+
+    def score(self, items, index):
+        import numpy as np
+
+        return 100.0 * float(np.asarray(items["errors"])[index].sum() / max(1, np.asarray(items["words"])[index].sum()))
 
     # ---- inference ----------------------------------------------------------------------------------
 

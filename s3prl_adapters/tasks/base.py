@@ -39,6 +39,10 @@ class Task:
     evaluated_split: str = "test"
     """The split `run_downstream.py -m evaluate -t SPLIT` scores for the results table."""
 
+    dev_split: Optional[str] = "dev"
+    """The split the recipe selects its best checkpoint on (None: it has none); the benchmark evaluates
+    only this one while training, and the test split once, afterwards."""
+
     metric: str = "acc"
     """Name of the metric S3PRL prints for that split."""
 
@@ -148,6 +152,20 @@ class Task:
     def add_prepare_command(self, sub) -> None:
         """Register `s3prl-adapters prepare-...` for this corpus on the CLI's subparsers (if it needs one)."""
 
+    # ---- per-item outcomes (the benchmark's bootstrap) ----------------------------------------------
+
+    def test_items(self, expdir: str, fold: Optional[int] = None) -> dict:
+        """The evaluated split's outcome per test item, from the files S3PRL wrote: {'ids': [...], plus the
+        per-item values `score` needs}. Items are the unit the benchmark resamples."""
+        return accuracy_items(os.path.join(expdir, self.prediction_file.format(fold=fold)),
+                              os.path.join(expdir, self.prediction_file.format(fold=fold).replace("predict", "truth")))
+
+    def score(self, items: dict, index) -> float:
+        """The metric in % over the items at `index` (a numpy index array, repeats allowed)."""
+        import numpy as np
+
+        return 100.0 * float(np.asarray(items["correct"], dtype=float)[index].mean())
+
     # ---- inference on new audio (s3prl-adapters export / predict) ---------------------------------
 
     audio_effects: Tuple[Tuple[str, ...], ...] = ()
@@ -229,6 +247,20 @@ def same_ids(task: str, path: str, got: Sequence[str], expected: Sequence[str]) 
             f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, extra {extra[:3]}, "
             f"{len(got) - len(set(got))} duplicated)"
         )
+
+
+def accuracy_items(predict: str, truth: str) -> dict:
+    """{'ids', 'correct'} from a recipe's `<item> <answer...>` prediction and truth files (same items;
+    the answer is everything after the first separator, so IC's three slots count as one)."""
+    def read(path):
+        sep = "," if path.endswith(".csv") else " "
+        return dict(line.split(sep, 1) for line in read_lines(path))
+
+    predicted, expected = read(predict), read(truth)
+    if predicted.keys() != expected.keys():
+        raise UserError(f"{predict}: its items differ from {truth}")
+    ids = sorted(expected)
+    return {"ids": ids, "correct": [int(predicted[i] == expected[i]) for i in ids]}
 
 
 def labelled_lines(task: str, path: str, labels: Sequence[str], item: str = "utt") -> List[Tuple[str, str]]:

@@ -75,8 +75,9 @@ class EmotionRecognition(Task):
 
     # ---- stand-in: mini-IEMOCAP ---------------------------------------------------------------------
 
-    standin_sizes = {"small": 8, "medium": 16}
-    """Sentences per speaker, each said in all four emotions (5 sessions x 2 speakers)."""
+    standin_sizes = {"small": 34, "medium": 68}
+    """Sentences per speaker, each said in all four emotions (5 sessions x 2 speakers): a fold's test
+    session has 272 utterances, so an accuracy near 50 % has a 95 % interval of about ±6 points."""
     standin_seed = 2
     separation = 1.0
     """Scales the class means: how far apart the emotions are."""

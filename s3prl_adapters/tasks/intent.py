@@ -19,7 +19,7 @@ class IntentClassification(Task):
     title = "IC acc %"
     corpus = "Fluent Speech Commands"
     metric_pattern = r"^test acc: ([\d.eE+-]+)$"
-    chance_percent = 100 * 4 / 104  # majority intent of the stand-in test split: 31 intents round-robin over 104
+    chance_percent = 100 * 9 / 272  # majority intent of the stand-in test split: 31 intents round-robin over 272
     paper_task = True
     standin_dir = "fluent_speech_commands"
     prediction_file = "test_predict.csv"
@@ -51,8 +51,9 @@ class IntentClassification(Task):
 
     # ---- stand-in: mini-FSC -------------------------------------------------------------------------
 
-    standin_sizes = {"small": [(16, 20), (6, 14), (8, 13)], "medium": [(32, 20), (8, 14), (10, 13)]}
-    """(speakers, utterances per speaker) of train, valid, test."""
+    standin_sizes = {"small": [(16, 20), (16, 17), (16, 17)], "medium": [(32, 20), (24, 17), (24, 17)]}
+    """(speakers, utterances per speaker) of train, valid, test: 272 test utterances, so an accuracy
+    near 50 % has a 95 % interval of about ±6 points."""
     standin_seed = 1
 
     def build_standin(self, out, size, seed, work):

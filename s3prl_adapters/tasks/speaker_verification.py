@@ -27,6 +27,7 @@ class SpeakerVerification(Task):
     metric_pattern = r"^sv-voxceleb1/test-EER: ([\d.eE+-]+)$"
     higher_is_better = False
     chance_percent = 50.0
+    dev_split = None  # the recipe's dev scoring reads the test trials (a bug): it trains without evaluating
     paper_task = True
     standin_dir = "VoxCeleb1"
     workarounds = ("sv_expert_hardcodes_cuda", "sv_length_cache_lives_in_installed_package")
@@ -141,6 +142,29 @@ class SpeakerVerification(Task):
         if got != expected:
             raise UserError(f"sv: {path}: {len(got)} scored pairs do not match the {len(expected)} trials of {trials} in order")
         return path
+
+    # ---- per-item outcomes ---------------------------------------------------------------------------
+
+    def test_items(self, expdir, fold=None):
+        """Per trial: its label (from the run's trial list) and the recipe's cosine score."""
+        trials = latest_config(expdir)["downstream_expert"]["datarc"]["test_meta_data"]
+        labels = [int(line.split()[0]) for line in read_lines(trials)]
+        scored = [line.split(" ") for line in read_lines(os.path.join(expdir, self.prediction_file))]
+        if len(scored) != len(labels):
+            raise UserError(f"{expdir}: {len(scored)} scored trials, but {trials} has {len(labels)}")
+        return {"ids": [f"{k}:{pair}" for k, (pair, _) in enumerate(scored)], "labels": labels,
+                "scores": [float(score) for _, score in scored]}
+
+    def score(self, items, index):
+        """EER in % (S3PRL's own EER: ROC, interpolated where miss = false-alarm rate)."""
+        import numpy as np
+
+        from s3prl.downstream.sv_voxceleb1.utils import EER
+
+        labels = np.asarray(items["labels"])[index]
+        if labels.min() == labels.max():
+            return float("nan")  # a resample without one of the labels has no EER
+        return 100.0 * float(EER(labels, np.asarray(items["scores"])[index])[0])
 
     # ---- inference ----------------------------------------------------------------------------------
 

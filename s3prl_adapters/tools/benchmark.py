@@ -160,6 +160,8 @@ class Benchmark:
         overrides = self.overrides(run.task)
         if run.fold:
             overrides += ",," + overrides_string(task.fold_overrides(run.fold))
+        # while training, only the split that selects the best checkpoint; the test split once, afterwards
+        overrides += f",,config.runner.eval_dataloaders={[task.dev_split] if task.dev_split else []}"
         if a.steps:
             # A checkpoint halfway, so an interrupted run resumes from there.
             overrides += (f",,config.runner.total_steps={a.steps},,config.runner.eval_step={a.steps},,"
@@ -190,6 +192,7 @@ class Benchmark:
             "train_seconds": round(trained["seconds"], 1), "peak_rss_mb": round(trained["peak_rss_mb"], 1),
             "backbone": self.backbone_path, "git_commit": self.commit, "expdir": run.expdir,
             **checkpoint_facts(ckpt, self.backbone_path),
+            "items": task.test_items(run.expdir, run.fold),  # per-item outcomes: the report's bootstrap
         }
         tmp = result_path + ".tmp"
         with open(tmp, "w") as f:

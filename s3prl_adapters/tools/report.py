@@ -7,33 +7,32 @@ import os
 import struct
 import sys
 from collections import defaultdict
-from statistics import mean, stdev
 from typing import Dict, List
 
 from s3prl_adapters.errors import UserError
 from s3prl_adapters.tasks import TASKS
 from s3prl_adapters.tools.catalogue import METHODS
 from s3prl_adapters.tools.submission import build_submission
+from s3prl_adapters.tools.uncertainty import REFERENCE, analyse, run_interval
 
-COLUMNS = ["task", "method", "upstream", "seed", "fold", "metric", "metric_value", "metric_percent",
+COLUMNS = ["task", "method", "upstream", "seed", "fold", "metric", "metric_value", "metric_percent", "ci_low", "ci_high",
            "trainable_params", "head_params", "total_params", "train_seconds", "peak_rss_mb", "checkpoint_bytes",
            "evaluated_checkpoint", "backbone", "git_commit", "expdir"]
 
 
-def _aggregate(results: List[dict]) -> Dict[tuple, dict]:
-    """(task, method) -> mean/std over seeds of the metric (ER: first the mean over folds of a seed)."""
-    by = defaultdict(lambda: defaultdict(list))
-    for r in results:
-        by[(r["task"], r["method"])][r["seed"]].append(r["metric_percent"])
-    out = {}
-    for key, seeds in by.items():
-        per_seed = [mean(v) for v in seeds.values()]
-        out[key] = {"mean": mean(per_seed), "std": stdev(per_seed) if len(per_seed) > 1 else None, "n": len(per_seed)}
-    return out
+def with_items(results: List[dict]) -> List[dict]:
+    """Each run with its per-item test outcomes (result.json holds them; older ones are read from the run's folder)."""
+    return [r if "items" in r else dict(r, items=TASKS[r["task"]].test_items(r["expdir"], r["fold"])) for r in results]
 
 
-def results_markdown(results: List[dict], wall_seconds: float = None) -> str:
-    agg = _aggregate(results)
+def _cell_text(cell: dict) -> str:
+    spread = f" ± {cell['sd']:.2f}" if cell["sd"] is not None else ""
+    same = " ≈" if cell.get("overlaps_reference") else ""
+    return f"{cell['value']:.2f}{spread} [{cell['ci'][0]:.1f}, {cell['ci'][1]:.1f}]{same}"
+
+
+def results_markdown(results: List[dict], wall_seconds: float = None, cells: Dict[tuple, dict] = None) -> str:
+    cells = cells if cells is not None else analyse(with_items(results))
     tasks = [t for t in TASKS if any(r["task"] == t for r in results)]
     methods = [m for m in METHODS if any(r["method"] == m for r in results)]
     trainable = {m: max(r["trainable_params"] for r in results if r["method"] == m) for m in methods}
@@ -42,17 +41,32 @@ def results_markdown(results: List[dict], wall_seconds: float = None) -> str:
     head += ["Trainable (excl. head)", "% of FT"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in methods:
-        cells = [METHODS[m].title]
-        for t in tasks:
-            a = agg.get((t, m))
-            cells.append("–" if a is None else f"{a['mean']:.2f}" + (f" ± {a['std']:.2f}" if a["std"] is not None else ""))
-        cells += [f"{trainable[m]:,}", f"{100 * trainable[m] / ft:.1f}" if ft else "–"]
-        lines.append("| " + " | ".join(cells) + " |")
+        row = [METHODS[m].title] + [_cell_text(cells[(t, m)]) if (t, m) in cells else "–" for t in tasks]
+        row += [f"{trainable[m]:,}", f"{100 * trainable[m] / ft:.1f}" if ft else "–"]
+        lines.append("| " + " | ".join(row) + " |")
+    if REFERENCE in methods and len(methods) > 1:
+        lines += ["", f"Difference to {METHODS[REFERENCE].title}, paired bootstrap over the same test items "
+                      "(Δ [95 % interval]; * = the interval excludes 0):", "",
+                  "| Method | " + " | ".join(f"Δ {TASKS[t].title}" for t in tasks) + " |", "|" + "---|" * (len(tasks) + 1)]
+        for m in methods:
+            if m == REFERENCE:
+                continue
+            row = [METHODS[m].title]
+            for t in tasks:
+                c = cells.get((t, m))
+                row.append("–" if c is None or "delta" not in c else
+                           f"{c['delta']:+.2f} [{c['delta_ci'][0]:+.1f}, {c['delta_ci'][1]:+.1f}]"
+                           + (" *" if c["delta_excludes_zero"] else ""))
+            lines.append("| " + " | ".join(row) + " |")
     r0 = results[0]
+    seeds = sorted({r["seed"] for r in results})
     notes = [
         "",
-        f"Backbone `{os.path.basename(r0['backbone'])}`, git {r0['git_commit']}; seeds {sorted({r['seed'] for r in results})}; "
+        f"Backbone `{os.path.basename(r0['backbone'])}`, git {r0['git_commit']}; seeds {seeds}; "
         "metrics are S3PRL's printed test values (WER in %, accuracy and EER converted from fractions).",
+        "Cells: value" + (" ± sd across seeds" if len(seeds) > 1 else "") + " [95 % bootstrap interval over the test "
+        "items (utterances; ASV: trials), 1000 resamples" + (", pooled over seeds" if len(seeds) > 1 else "") + "]; "
+        f"≈ = the interval overlaps {METHODS[REFERENCE].title}'s (not different by that rule).",
         "Trainable = parameters the optimizer updated, upstream + Featurizer weights, without the task head.",
         "Chance or majority level on the stand-in corpora: "
         + ", ".join(f"{TASKS[t].title.split(' %')[0]} {TASKS[t].chance_percent:.2f} %" for t in tasks) + ".",
@@ -152,14 +166,20 @@ def write_submissions(out: str, results: List[dict]) -> List[str]:
 
 
 def write_reports(out: str, results: List[dict], wall_seconds: float = None, args: dict = None) -> None:
-    results = sorted(results, key=lambda r: (r["task"], r["method"], r["seed"], r["fold"] or 0))
+    results = sorted(with_items(results), key=lambda r: (r["task"], r["method"], r["seed"], r["fold"] or 0))
+    for r in results:
+        r["ci_low"], r["ci_high"] = run_interval(r)
+    cells = analyse(results)
+    summary = [dict(task=t, method=m, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in c.items()})
+               for (t, m), c in sorted(cells.items())]
     with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"runs": results, "args": args, "wall_seconds": wall_seconds}, f, indent=1, default=str)
+        json.dump({"cells": summary, "runs": results, "args": args, "wall_seconds": wall_seconds}, f, indent=1,
+                  default=str)
     with open(os.path.join(out, "results.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows(results)
-    table = results_markdown(results, wall_seconds)
+    table = results_markdown(results, wall_seconds, cells)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(table)
     plot_layer_weights(results, os.path.join(out, "layer_weights.png"))
