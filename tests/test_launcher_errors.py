@@ -17,7 +17,7 @@ def _run(*argv):
     "argv, message",
     [
         (["-m", "train", "-u", "wavlm_ladaptr", "-d", "fluent_commands", "-n", "x"],
-         "-u wavlm_ladaptr: unknown upstream; adapter upstreams: ['wavlm_eadapter', 'wavlm_houlsby', 'wavlm_ladapter', 'wavlm_ladapter_only']"),
+         "-u wavlm_ladaptr: unknown upstream; adapter upstreams: ['wavlm_eadapter', 'wavlm_houlsby', 'wavlm_ladapter', 'wavlm_ladapter_only', 'wavlm_lora']"),
         (["-m", "train", "-u", "wavlm_ladapter", "-d", "fluent", "-n", "x"], "-d fluent: unknown task; valid: ["),
         (["-m", "train", "-u", "wavlm_ladapter", "-d", "fluent_commands", "-c", "/nope.yaml", "-n", "x"],
          "-c /nope.yaml: no such config file"),

@@ -27,8 +27,8 @@ def _digest(root):
 
 def test_manifest_counts_and_size(mini_corpus):
     manifest = json.load(open(os.path.join(mini_corpus, "manifest.json")))
-    assert manifest["utterances"] == 480 + 60 + 60 + 320 + 84 + 104 + 320 + 240 + 160
-    assert 100e6 < manifest["bytes"] < 200e6
+    assert manifest["utterances"] == 480 + 60 + 60 + 320 + 272 + 272 + 1360 + 240 + 160
+    assert 200e6 < manifest["bytes"] < 400e6
 
 
 def test_librispeech_layout_buckets_and_transcripts(mini_corpus):
@@ -109,7 +109,7 @@ def test_voxceleb_speakers_trials_and_vad_length(mini_corpus):
 def test_all_audio_is_16k_mono_pcm(mini_corpus):
     files = glob.glob(os.path.join(mini_corpus, "**", "*.wav"), recursive=True)
     files += glob.glob(os.path.join(mini_corpus, "**", "*.flac"), recursive=True)
-    assert len(files) == 1828
+    assert len(files) == 3224
     for path in files[::37]:
         info = sf.info(path)
         assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16"), path
@@ -117,7 +117,7 @@ def test_all_audio_is_16k_mono_pcm(mini_corpus):
 
 def test_generation_is_deterministic_for_a_seed(mini_corpus, tmp_path):
     again = make_mini_superb(str(tmp_path / "a"), seed=0, tasks=["fluent_commands"])
-    assert again["utterances"] == 320 + 84 + 104
+    assert again["utterances"] == 320 + 272 + 272
     same = _digest(os.path.join(tmp_path / "a", "fluent_speech_commands"))
     assert same == _digest(os.path.join(mini_corpus, "fluent_speech_commands"))
     make_mini_superb(str(tmp_path / "b"), seed=1, tasks=["fluent_commands"])

@@ -19,10 +19,10 @@ from torch import nn
 from s3prl_adapters.errors import UserError
 from s3prl_adapters.inference.adapter_set import AdapterSet
 from s3prl_adapters.inference.audio import apply_effects
-from s3prl_adapters.method.attach import build_e_adapters, install_e_adapters, remove_e_adapters
+from s3prl_adapters.method.attach import build_e_adapters, build_l_adapters, install_e_adapters, remove_e_adapters
 from s3prl_adapters.method.backbone import backbone_fingerprint, conv_layers, describe_fingerprint, load_wavlm
 from s3prl_adapters.method.config import AdapterConfig
-from s3prl_adapters.method.expert import BackboneStates, build_l_adapters
+from s3prl_adapters.method.expert import BackboneStates
 
 
 class _StateShapes(nn.Module):

@@ -13,7 +13,7 @@ from typing import Dict, List
 import torch.utils.checkpoint
 from torch import nn
 
-from s3prl_adapters.method.adapters import BottleneckAdapter
+from s3prl_adapters.method.adapters import BottleneckAdapter, LayerAdapter
 from s3prl_adapters.method.config import AdapterConfig
 
 
@@ -45,6 +45,13 @@ def build_e_adapters(dim: int, num_layers: int, cfg: AdapterConfig) -> Dict[str,
     """{site: a fresh E-adapter} for every site of `cfg`, not yet attached anywhere."""
     return {site: BottleneckAdapter(dim, cfg.e_adapter_dim, cfg.activation, cfg.init_std, cfg.layer_norm_eps)
             for site in e_adapter_sites(num_layers, cfg)}
+
+
+def build_l_adapters(dim: int, cfg: AdapterConfig) -> nn.ModuleDict:
+    """One L-adapter per layer of `cfg.l_adapter_layers` (resolved), keyed by the layer index: the
+    expert applies them to the layer outputs it collects."""
+    return nn.ModuleDict({str(i): LayerAdapter(dim, cfg.l_adapter_dim, cfg.activation, cfg.init_std, cfg.layer_norm_eps)
+                          for i in cfg.l_adapter_layers})
 
 
 def install_e_adapters(wavlm: nn.Module, adapters: Dict[str, nn.Module]) -> None:

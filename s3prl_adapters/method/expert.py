@@ -19,17 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from s3prl_adapters.method.adapters import LayerAdapter
 from s3prl_adapters.method.backbone import conv_layers
 from s3prl_adapters.method.config import AdapterConfig
 from s3prl_adapters.errors import UserError
-from s3prl_adapters.method.attach import attach_e_adapters, checkpoint_layer_activations, layer_norm_names
-
-
-def build_l_adapters(dim: int, cfg: AdapterConfig) -> nn.ModuleDict:
-    """One L-adapter per layer of `cfg.l_adapter_layers` (resolved), keyed by the layer index."""
-    return nn.ModuleDict({str(i): LayerAdapter(dim, cfg.l_adapter_dim, cfg.activation, cfg.init_std, cfg.layer_norm_eps)
-                          for i in cfg.l_adapter_layers})
+from s3prl_adapters.method.attach import (attach_e_adapters, build_l_adapters, checkpoint_layer_activations,
+                                          layer_norm_names)
 
 
 class BackboneStates:

@@ -34,8 +34,7 @@ def proposed_count(wavlm: nn.Module, cfg: AdapterConfig) -> int:
     `cfg`'s sizes on this backbone: what LoRA's rank is matched to."""
     from dataclasses import replace
 
-    from s3prl_adapters.method.attach import build_e_adapters, layer_norm_names
-    from s3prl_adapters.method.expert import build_l_adapters
+    from s3prl_adapters.method.attach import build_e_adapters, build_l_adapters, layer_norm_names
 
     layers, dim = len(wavlm.encoder.layers), wavlm.cfg.encoder_embed_dim
     proposed = replace(cfg, method="proposed", e_adapter_layers=None, l_adapter_layers=None, attention_adapters=None,

@@ -1,0 +1,72 @@
+"""The benchmark's uncertainty: bootstrap intervals over test items, pooled over seeds, paired
+differences against the proposed method, and how the report shows them."""
+
+import math
+
+import numpy as np
+
+from s3prl_adapters.tools.report import results_markdown
+from s3prl_adapters.tools.uncertainty import analyse, run_interval
+
+
+def _run(task, method, seed, items, fold=None):
+    return {"task": task, "method": method, "seed": seed, "fold": fold, "items": items, "trainable_params": 10,
+            "backbone": "/x/wavlm.pt", "git_commit": "abc"}
+
+
+def _accuracy(correct):
+    return {"ids": [f"u{k:04d}" for k in range(len(correct))], "correct": list(correct)}
+
+
+def test_interval_width_at_the_stand_in_test_size():
+    rng = np.random.default_rng(1)
+    correct = rng.permutation([1] * 136 + [0] * 136)  # 272 test utterances at 50 %
+    lo, hi = run_interval(_run("fluent_commands", "ladapter", 1, _accuracy(correct)))
+    assert lo < 50 < hi and (hi - lo) / 2 <= 6.2  # the binomial ±1.96·sqrt(.25/272) = ±5.94 points
+    assert run_interval(_run("fluent_commands", "ladapter", 1, _accuracy([1] * 50))) == (100.0, 100.0)
+
+
+def test_paired_difference_and_overlap():
+    rng = np.random.default_rng(2)
+    base = rng.random(272) < 0.5
+    better = base | (rng.random(272) < 0.5)  # right wherever the proposed one is, and on half the rest
+    same = base.copy()
+    results = [_run("emotion", "ladapter", 1, _accuracy(base.astype(int)), fold=1),
+               _run("emotion", "frozen", 1, _accuracy(same.astype(int)), fold=1),
+               _run("emotion", "finetune", 1, _accuracy(better.astype(int)), fold=1)]
+    cells = analyse(results, resamples=500)
+    assert cells[("emotion", "frozen")]["delta"] == 0 and cells[("emotion", "frozen")]["delta_ci"] == (0.0, 0.0)
+    assert cells[("emotion", "frozen")]["overlaps_reference"] and not cells[("emotion", "frozen")]["delta_excludes_zero"]
+    finetune = cells[("emotion", "finetune")]
+    assert finetune["delta"] > 0 and finetune["delta_excludes_zero"] and finetune["delta_ci"][0] > 0
+    table = results_markdown(results, cells=cells)
+    frozen_row = next(line for line in table.splitlines() if line.startswith("| Frozen weighted sum"))
+    finetune_row = next(line for line in table.splitlines() if line.startswith("| Fine-tuning"))
+    assert "≈" in frozen_row and "≈" not in finetune_row  # not different / different by the overlap rule
+    assert "Difference to L+E adapters (proposed)" in table and " *" in table
+
+
+def test_seeds_give_mean_sd_and_a_pooled_interval():
+    rng = np.random.default_rng(3)
+    runs = [_run("fluent_commands", "ladapter", s, _accuracy((rng.random(272) < p).astype(int)))
+            for s, p in ((1, 0.4), (2, 0.5), (3, 0.6))]
+    cell = analyse(runs, resamples=300)[("fluent_commands", "ladapter")]
+    values = [100 * np.mean(r["items"]["correct"]) for r in runs]
+    assert math.isclose(cell["value"], np.mean(values)) and math.isclose(cell["sd"], np.std(values, ddof=1))
+    assert cell["seeds"] == 3 and cell["ci"][0] < cell["value"] < cell["ci"][1]
+    assert cell["ci"][1] - cell["ci"][0] < 12  # pooled over seeds: narrower than a single run's ±6
+
+
+def test_wer_and_eer_items():
+    from s3prl_adapters.tasks import TASKS
+
+    asr = {"ids": ["a", "b"], "errors": [1, 3], "words": [10, 10]}
+    assert TASKS["asr"].score(asr, np.array([0, 1])) == 20.0 and TASKS["asr"].score(asr, np.array([1, 1])) == 30.0
+    rng = np.random.default_rng(4)
+    labels = np.array([1, 0] * 1000)
+    scores = labels * 0.3 + rng.normal(0, 0.2, 2000)
+    asv = {"ids": [str(k) for k in range(2000)], "labels": list(labels), "scores": list(scores)}
+    eer = TASKS["sv_voxceleb1"].score(asv, np.arange(2000))
+    assert 15 < eer < 30  # two Gaussians 1.5 sd apart: EER about 23 %
+    lo, hi = run_interval(_run("sv_voxceleb1", "ladapter", 1, asv), resamples=200)
+    assert lo < eer < hi and hi - lo < 6
