@@ -54,10 +54,11 @@ def _train_mode_loss_and_grads(expert):
     return _loss_and_grads(expert, expert._backbone_trains)
 
 
-@pytest.mark.parametrize("upstream", ["wavlm_ladapter", "wavlm_houlsby"])
-def test_activation_checkpointing_gives_the_same_loss_and_gradients(tiny_ckpt, tmp_path, upstream):
+@pytest.mark.parametrize("mode", [True, "selective"])
+@pytest.mark.parametrize("upstream", ["wavlm_ladapter", "wavlm_houlsby", "wavlm_lora"])
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(tiny_ckpt, tmp_path, upstream, mode):
     plain = _expert_with(tiny_ckpt, tmp_path, upstream)
-    recomputed = _expert_with(tiny_ckpt, tmp_path, upstream, checkpoint_activations=True)
+    recomputed = _expert_with(tiny_ckpt, tmp_path, upstream, checkpoint_activations=mode)
     assert all(isinstance(layer.__dict__.get("forward"), type(lambda: 0)) for layer in recomputed.model.encoder.layers)
     plain_loss, plain_grads = _train_mode_loss_and_grads(plain)
     loss, grads = _train_mode_loss_and_grads(recomputed)
@@ -82,6 +83,33 @@ def test_bfloat16_autocast_stays_close_and_returns_float32(tmp_path):
     for w, g in zip(want, got):
         assert not torch.equal(w, g)  # it really ran in bfloat16 ...
         assert (w - g).norm() / w.norm() < 0.03  # ... and stays near bfloat16's precision (measured ~0.008)
+
+
+@pytest.mark.parametrize("in_float32", [True, False])
+def test_bfloat16_autocast_runs_the_adapters_in_float32(tmp_path, in_float32):
+    """The adapters and their residual add leave autocast (adapters_in_float32, the default); the
+    backbone's own matmuls stay in bfloat16 either way."""
+    backbone = os.path.join(REPO, "s3prl_adapters", "assets", "wavlm_tiny_pretrained.pt")
+    expert = _expert_with(backbone, tmp_path, autocast="bfloat16", adapters_in_float32=in_float32)
+    seen = {}
+
+    def record(name):
+        def hook(module, args, out):
+            seen.setdefault(name, (args[0].dtype, out.dtype))  # returns None: the output stays
+        return hook
+
+    layer = expert.model.encoder.layers[0]
+    layer.dropout3.e_adapter.down.register_forward_hook(record("e_adapter"))
+    layer.dropout3.register_forward_hook(record("residual add"))
+    layer.fc1.register_forward_hook(record("fc1"))
+    expert.l_adapters["0"].proj.register_forward_hook(record("l_adapter"))
+    expert([0.1 * torch.randn(16000, generator=torch.Generator().manual_seed(1))])["hidden_states"][0].sum().backward()
+    adapters = torch.float32 if in_float32 else torch.bfloat16
+    assert seen["e_adapter"] == (adapters, adapters)
+    assert seen["l_adapter"][1] == adapters
+    assert seen["residual add"][1] == adapters
+    assert seen["fc1"][1] == torch.bfloat16
+    assert layer.dropout3.e_adapter.down.weight.grad.dtype == torch.float32
 
 
 def test_bench_command_prints_every_row(tmp_path):

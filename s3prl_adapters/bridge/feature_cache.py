@@ -23,7 +23,7 @@ import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, fields
-from typing import Callable, Dict, List, Optional
+from typing import Callable, ClassVar, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -36,6 +36,8 @@ from s3prl_adapters.method.backbone import hash_tensors
 @dataclass
 class FeatureCacheConfig:
     """The `feature_cache:` section of a downstream config."""
+
+    SECTION: ClassVar[str] = "feature_cache"
 
     dir: Optional[str] = None
     """Folder for the on-disk tier (one sub-folder per backbone fingerprint); None = memory only."""
@@ -50,22 +52,31 @@ class FeatureCacheConfig:
 
     @classmethod
     def from_config(cls, section) -> "FeatureCacheConfig":
+        name = cls.SECTION
         if section is True or section == {}:
             return cls()
         if not isinstance(section, dict):
-            raise UserError(f"config feature_cache: expected a mapping such as {{dir: PATH}}, got {section!r}")
+            raise UserError(f"config {name}: expected a mapping such as {{dir: PATH}}, got {section!r}")
         valid = [f.name for f in fields(cls)]
         unknown = sorted(set(section) - set(valid))
         if unknown:
-            raise UserError(f"config feature_cache: unknown key(s) {unknown}; valid keys: {valid}")
+            raise UserError(f"config {name}: unknown key(s) {unknown}; valid keys: {valid}")
         cfg = cls(**section)
-        for name in ("max_memory_mb", "max_disk_mb"):
-            value = getattr(cfg, name)
+        for key in ("max_memory_mb", "max_disk_mb"):
+            value = getattr(cfg, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise UserError(f"config feature_cache: '{name}' must be a number >= 0, got {value!r}")
+                raise UserError(f"config {name}: '{key}' must be a number >= 0, got {value!r}")
         if cfg.dir is not None and not isinstance(cfg.dir, str):
-            raise UserError(f"config feature_cache: 'dir' must be a path, got {cfg.dir!r}")
+            raise UserError(f"config {name}: 'dir' must be a path, got {cfg.dir!r}")
         return cfg
+
+
+@dataclass
+class PrefixCacheConfig(FeatureCacheConfig):
+    """The `prefix_cache:` section of a downstream config: a cache of the frozen prefix (the CNN and
+    projection, method/prefix.py) for every adapter method; same keys and bounds as `feature_cache`."""
+
+    SECTION: ClassVar[str] = "prefix_cache"
 
 
 def module_fingerprint(module: nn.Module, *extra: str) -> str:
@@ -275,6 +286,40 @@ def attach_feature_cache(expert, config: FeatureCacheConfig) -> FeatureCache:
     cache = FeatureCache(config, fingerprint, expert.get_downsample_rates("hidden_states"))
     expert.state_source = cache.states
     return cache
+
+
+def attach_prefix_cache(expert, config: PrefixCacheConfig) -> FeatureCache:
+    """Serve the frozen prefix of an adapter expert's backbone from a cache: after the first epoch the
+    CNN no longer runs. Every adapter method: nothing before the encoder trains in any of them."""
+    model = expert.model
+    trained = [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("encoder.")]
+    if trained:  # nothing of ours trains there; a user override that does would make the cache stale
+        raise UserError(f"config prefix_cache: upstream parameter {trained[0]} trains, so the prefix changes every "
+                        f"step; drop the prefix_cache section")
+    prefix = [(n, t) for n, t in list(model.named_parameters()) + list(model.named_buffers())
+              if not n.startswith("encoder.")]
+    fingerprint = hash_tensors(prefix, "prefix=features", f"autocast={expert.adapter_config.autocast}")
+    cache = PrefixStore(config, fingerprint, expert.get_downsample_rates("hidden_states"))
+    expert.use_prefix_store(cache)
+    return cache
+
+
+class PrefixStore(FeatureCache):
+    """A FeatureCache of one tensor per utterance (its prefix frames), all or nothing per batch."""
+
+    def lookup(self, wavs: List[torch.Tensor]) -> Optional[List[torch.Tensor]]:
+        """Every utterance's prefix (float32), or None when any is missing (the batch is then computed)."""
+        self._keys = [waveform_key(w) for w in wavs]
+        found = [self.get(k) for k in self._keys]
+        missing = sum(f is None for f in found)
+        self.hits += len(found) - missing
+        self.misses += missing
+        return None if missing else [f[0].float() for f in found]
+
+    def store(self, wavs: List[torch.Tensor], rows: List[torch.Tensor]) -> None:
+        for key, row in zip(self._keys, rows):
+            if self.get(key) is None:
+                self.put(key, [row])
 
 
 class CachedUpstream(nn.Module):

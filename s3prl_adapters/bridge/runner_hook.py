@@ -17,10 +17,11 @@ from s3prl.downstream.runner import Runner
 
 from s3prl_adapters.bridge import compat
 from s3prl_adapters.errors import UserError
-from s3prl_adapters.bridge.feature_cache import (CachedUpstream, FeatureCache, FeatureCacheConfig, attach_feature_cache,
-                                                 corpus_bytes)
+from s3prl_adapters.bridge.feature_cache import (CachedUpstream, FeatureCache, FeatureCacheConfig, PrefixCacheConfig,
+                                                 attach_feature_cache, attach_prefix_cache, corpus_bytes)
 from s3prl_adapters.bridge.hubconf import UPSTREAMS
 from s3prl_adapters.bridge.preflight import check_corpus
+from s3prl_adapters.method.prefix import DESCRIPTION as PREFIX_DESCRIPTION
 from s3prl_adapters.tasks import find_task
 
 GROUPS = ("head", "featurizer", "l_adapter", "e_adapter", "layer_norm", "lora")
@@ -114,8 +115,10 @@ class AdapterRunner(Runner):
         compat.install_task_workarounds(args.downstream)
         self.corpus_facts = check_corpus(args.downstream, config)
         cache_config = self._feature_cache_config(args, config)
+        prefix_config = self._prefix_cache_config(args, config)
         super().__init__(args, config)
         self.feature_cache = self._attach_feature_cache(cache_config) if cache_config else None
+        self.prefix_cache = self._attach_prefix_cache(prefix_config) if prefix_config else None
 
     @staticmethod
     def _feature_cache_config(args, config) -> Optional[FeatureCacheConfig]:
@@ -127,6 +130,24 @@ class AdapterRunner(Runner):
             raise UserError(f"config feature_cache: -f trains upstream {args.upstream}, so its states change every "
                             f"step; drop -f (frozen weighted sum) or the feature_cache section")
         return cache_config
+
+    @staticmethod
+    def _prefix_cache_config(args, config) -> Optional[PrefixCacheConfig]:
+        section = config.get("prefix_cache")
+        if section is None or section is False:
+            return None
+        if args.upstream not in UPSTREAMS:
+            raise UserError(f"config prefix_cache: serves the adapter upstreams ({', '.join(sorted(UPSTREAMS))}), not "
+                            f"{args.upstream}; for a frozen stock upstream use feature_cache")
+        return PrefixCacheConfig.from_config(section)
+
+    def _attach_prefix_cache(self, cache_config: PrefixCacheConfig) -> FeatureCache:
+        """After the Featurizer's probe, like the feature cache."""
+        cache = attach_prefix_cache(_unwrap(self.upstream.model), cache_config)
+        print(f"[s3prl-adapters] prefix cache: {cache.folder or 'memory only'} (memory {cache_config.max_memory_mb:g} "
+              f"MB, disk {cache_config.max_disk_mb:g} MB); cached: {PREFIX_DESCRIPTION}", file=sys.stderr)
+        print(f"[s3prl-adapters] prefix cache: {self._cache_size_note(cache_config, cache, states=1)}", file=sys.stderr)
+        return cache
 
     def _attach_feature_cache(self, cache_config: FeatureCacheConfig) -> FeatureCache:
         """After the Featurizer has probed the upstream, so its random probe is not cached."""
@@ -143,14 +164,15 @@ class AdapterRunner(Runner):
         print(f"[s3prl-adapters] feature cache: {self._cache_size_note(cache_config, cache)}", file=sys.stderr)
         return cache
 
-    def _cache_size_note(self, cache_config: FeatureCacheConfig, cache: FeatureCache) -> str:
+    def _cache_size_note(self, cache_config: FeatureCacheConfig, cache: FeatureCache, states: int = None) -> str:
         """Whether the corpus fits the bounds: hours (from the preflight) x frames/s x states x width x 2 B."""
         hours = (self.corpus_facts or {}).get("hours")
         if hours is None:
             return "corpus size unknown (no preflight for this task, or preflight: false), so is whether it fits"
         upstream = _unwrap(self.upstream.model)
         if self.uses_adapter_upstream:
-            states, width = len(upstream.adapter_config.l_adapter_layers), upstream.model.cfg.encoder_embed_dim
+            states = states or len(upstream.adapter_config.l_adapter_layers)
+            width = upstream.model.cfg.encoder_embed_dim
         else:
             featurizer = _unwrap(self.featurizer.model)
             states, width = getattr(featurizer, "layer_num", 1), featurizer.output_dim
@@ -213,10 +235,10 @@ class AdapterRunner(Runner):
             print("[s3prl-adapters] fp16: loss scaling on (torch.amp.GradScaler, state kept in checkpoints)",
                   file=sys.stderr)
         super().train()
-        if self.feature_cache is not None:
-            self.feature_cache.flush()
-            print(f"[s3prl-adapters] feature cache: {self.feature_cache.hits} hits, {self.feature_cache.misses} misses",
-                  file=sys.stderr)
+        for name, cache in (("feature", self.feature_cache), ("prefix", self.prefix_cache)):
+            if cache is not None:
+                cache.flush()
+                print(f"[s3prl-adapters] {name} cache: {cache.hits} hits, {cache.misses} misses", file=sys.stderr)
         self._note_missing_best_checkpoint()
 
     def _refuse_empty_train_split(self):

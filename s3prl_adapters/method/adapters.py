@@ -1,6 +1,6 @@
 """What an adapter is: the two small modules of Otake et al. (ICASSP 2023), independent of WavLM.
 
-Where they attach is `surgery.py`; how their outputs merge (residual add for E-adapters, S3PRL's
+Where they attach is `attach.py`; how their outputs merge (residual add for E-adapters, S3PRL's
 softmax-weighted Featurizer sum for L-adapters) is stated next to each attachment."""
 
 import torch

@@ -24,9 +24,16 @@ class AdapterAfter(nn.Module):
         super().__init__()
         self.wrapped = wrapped
         self.e_adapter = adapter
+        self.float32_under_autocast = True
+        """Under autocast, the adapter and the add run in float32 (AdapterConfig.adapters_in_float32);
+        a plain attribute, so checkpoints do not change."""
 
     def forward(self, x):
         y = self.wrapped(x)
+        if self.float32_under_autocast and torch.is_autocast_enabled(y.device.type):
+            with torch.autocast(y.device.type, enabled=False):
+                y = y.float()
+                return y + self.e_adapter(y)
         return y + self.e_adapter(y)
 
 
@@ -80,6 +87,8 @@ def attach_e_adapters(wavlm: nn.Module, cfg: AdapterConfig) -> Dict[str, Bottlen
     Returns {qualified name inside `wavlm`: adapter} for every adapter inserted."""
     adapters = build_e_adapters(wavlm.cfg.encoder_embed_dim, len(wavlm.encoder.layers), cfg)
     install_e_adapters(wavlm, adapters)
+    for site in adapters:
+        wavlm.get_submodule(site).float32_under_autocast = cfg.adapters_in_float32
     return {f"{site}.e_adapter": adapter for site, adapter in adapters.items()}
 
 
@@ -92,17 +101,34 @@ def layer_norm_names(wavlm: nn.Module) -> List[str]:
     ]
 
 
-def checkpoint_layer_activations(wavlm: nn.Module) -> None:
-    """Make every encoder layer keep only its inputs for backward and recompute its activations
-    there. The layer's own `forward` is wrapped (not the module replaced), so parameter names,
-    adapter checkpoints and forward hooks stay as they are; hooks fire once per forward, because the
-    recomputation calls the unhooked method. Dropout masks are replayed (preserve_rng_state)."""
+def _keep_matmul_outputs():
+    """torch's selective-checkpoint policy: save what the matrix products compute, recompute the rest."""
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    aten = torch.ops.aten
+    kept = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default, aten.linear.default,
+            aten.convolution.default, aten._scaled_dot_product_flash_attention.default,
+            aten._scaled_dot_product_efficient_attention.default, aten._scaled_dot_product_cudnn_attention.default}
+
+    def policy(ctx, op, *args, **kwargs):
+        return CheckpointPolicy.MUST_SAVE if op in kept else CheckpointPolicy.PREFER_RECOMPUTE
+
+    return create_selective_checkpoint_contexts(policy)
+
+
+def checkpoint_layer_activations(wavlm: nn.Module, mode: str = "full") -> None:
+    """Make every encoder layer recompute activations in backward instead of keeping them: 'full'
+    keeps only the layer's inputs, 'selective' also keeps the matrix products' outputs. The layer's
+    own `forward` is wrapped (not the module replaced), so parameter names, adapter checkpoints and
+    forward hooks stay as they are; hooks fire once per forward, because the recomputation calls the
+    unhooked method. Dropout masks are replayed (preserve_rng_state)."""
+    extra = {"context_fn": _keep_matmul_outputs} if mode == "selective" else {}
     for layer in wavlm.encoder.layers:
         run_layer = type(layer).forward.__get__(layer)
 
         def forward(*args, _run_layer=run_layer, **kwargs):
             if not torch.is_grad_enabled():
                 return _run_layer(*args, **kwargs)
-            return torch.utils.checkpoint.checkpoint(_run_layer, *args, use_reentrant=False, **kwargs)
+            return torch.utils.checkpoint.checkpoint(_run_layer, *args, use_reentrant=False, **extra, **kwargs)
 
         layer.forward = forward

@@ -4,7 +4,7 @@ One dataclass per run, built from the method's defaults (method.md) and overridd
 optional `-g` YAML of S3PRL's `run_downstream.py`."""
 
 from dataclasses import dataclass, fields, replace
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import yaml
 
@@ -20,6 +20,7 @@ METHODS = {
 }
 
 ACTIVATIONS = ("gelu", "relu")
+CHECKPOINT_MODES = ("full", "selective")
 AUTOCAST_DTYPES = ("none", "bfloat16", "float16")
 
 
@@ -64,10 +65,13 @@ class AdapterConfig:
     when nothing inside the backbone trains (L-only: the backbone then runs exactly as SUPERB's
     frozen upstream, in eval mode, which the feature cache needs), on otherwise."""
 
-    checkpoint_activations: bool = False
-    """Keep only each encoder layer's input during the forward pass and recompute the layer in
-    backward (torch.utils.checkpoint): lower peak memory for methods that train inside the
-    backbone, for one more forward pass through its layers. No effect when nothing inside trains."""
+    checkpoint_activations: Union[bool, str] = False
+    """Activation checkpointing of every encoder layer (torch.utils.checkpoint), for methods that
+    train inside the backbone (no effect otherwise): `true` (or 'full') keeps only each layer's
+    input and recomputes the whole layer in backward; 'selective' keeps the outputs of the matrix
+    products (linear, attention, convolution) and recomputes only the cheap element-wise and
+    normalisation ops (torch's selective-checkpoint policy): most of the memory saving for a
+    fraction of the recompute."""
 
     lora_rank: Optional[int] = None
     """LoRA rank (wavlm_lora). None = the rank whose trainable count is closest to the proposed
@@ -80,9 +84,14 @@ class AdapterConfig:
     """Also put LoRA on the feed-forward weights (fc1, fc2) of every layer, not only on attention q and v."""
 
     autocast: str = "none"
-    """Run the upstream (encoder layers, E- and L-adapters; WavLM's CNN stays float32) under
-    torch.autocast: 'none', 'bfloat16' (CPU or GPU) or 'float16' (GPU). Hidden states leave the
-    upstream as float32."""
+    """Run the upstream's frozen encoder layers under torch.autocast: 'none', 'bfloat16' (CPU or GPU)
+    or 'float16' (GPU). WavLM's CNN stays float32, so do the adapters unless `adapters_in_float32`
+    is false; hidden states leave the upstream as float32."""
+
+    adapters_in_float32: bool = True
+    """Under autocast, run the E-adapters with their residual add and the L-adapters in float32 (the
+    backbone's matmuls stay in the reduced precision). Measured: with everything in bfloat16 the
+    proposed method's stand-in ASR and ASV degrade (README, cost section); false restores that."""
 
     @property
     def has_l_adapters(self) -> bool:
@@ -141,7 +150,7 @@ def _check_type(key, value):
         "e_adapter_dim": int, "l_adapter_dim": int, "activation": str,
         "e_adapter_layers": list, "l_adapter_layers": list, "attention_adapters": bool,
         "train_layer_norms": bool, "init_std": float, "layer_norm_eps": float,
-        "backbone_dropout": bool, "checkpoint_activations": bool, "autocast": str,
+        "backbone_dropout": bool, "checkpoint_activations": (bool, str), "autocast": str, "adapters_in_float32": bool,
         "lora_rank": int, "lora_alpha": float, "lora_ffn": bool,
     }[key]
     if value is None and key in ("e_adapter_layers", "l_adapter_layers", "attention_adapters", "train_layer_norms",
@@ -150,7 +159,11 @@ def _check_type(key, value):
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if (expected is int and isinstance(value, bool)) or not isinstance(value, expected):
-        raise UserError(f"adapter config: '{key}' must be {expected.__name__}, got {type(value).__name__} {value!r}")
+        names = " or ".join(e.__name__ for e in expected) if isinstance(expected, tuple) else expected.__name__
+        raise UserError(f"adapter config: '{key}' must be {names}, got {type(value).__name__} {value!r}")
+    if key == "checkpoint_activations" and isinstance(value, str) and value not in CHECKPOINT_MODES:
+        raise UserError(f"adapter config: 'checkpoint_activations' must be true, false or one of "
+                        f"{list(CHECKPOINT_MODES)}, got {value!r}")
     if expected is list and not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
         raise UserError(f"adapter config: '{key}' must be a list of layer indices (ints), got {value!r}")
     return value

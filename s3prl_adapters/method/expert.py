@@ -21,6 +21,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from s3prl_adapters.method.backbone import conv_layers
 from s3prl_adapters.method.config import AdapterConfig
+from s3prl_adapters.method.prefix import captured_prefix, encoder_from_prefix, rows_of
 from s3prl_adapters.errors import UserError
 from s3prl_adapters.method.attach import (attach_e_adapters, build_l_adapters, checkpoint_layer_activations,
                                           layer_norm_names)
@@ -38,20 +39,36 @@ class BackboneStates:
         self._captured: List[torch.Tensor] = []
         for layer in wavlm.encoder.layers:
             layer.register_forward_pre_hook(lambda m, args: self._captured.append(args[0]))
+        self.prefix_store = None
+        """Where the frozen prefix comes from when set (the bridge's prefix cache): an object with
+        lookup(wavs) -> per-utterance rows or None, and store(wavs, rows); see method/prefix.py."""
 
     def __call__(self, wavs: List[torch.Tensor], grad: bool = True) -> List[torch.Tensor]:
+        keys = wavs
         if self.wavlm.cfg.normalize:
             wavs = [F.layer_norm(wav, wav.shape) for wav in wavs]
-        device = wavs[0].device
-        lengths = torch.LongTensor([len(wav) for wav in wavs]).to(device)
-        padding_mask = ~torch.lt(torch.arange(max(lengths)).unsqueeze(0).to(device), lengths.unsqueeze(1))
-        padded = pad_sequence(wavs, batch_first=True)
         self._captured = []
         with nullcontext() if grad else torch.no_grad():
-            encoder_output, _ = self.wavlm.extract_features(padded, padding_mask=padding_mask, mask=False)
+            rows = self.prefix_store.lookup(keys) if self.prefix_store is not None else None
+            if rows is not None:  # every utterance's prefix is known: the encoder starts from it
+                encoder_output = encoder_from_prefix(self.wavlm, [r.to(wavs[0].device) for r in rows])
+            elif self.prefix_store is not None:
+                with captured_prefix(self.wavlm) as got:
+                    encoder_output = self._full_pass(wavs)
+                self.prefix_store.store(keys, rows_of(got))
+            else:
+                encoder_output = self._full_pass(wavs)
         layer_inputs = [x.transpose(0, 1) for x in self._captured]  # (T,B,C) -> (B,T,C)
         self._captured = []
         return layer_inputs + [encoder_output]
+
+    def _full_pass(self, wavs: List[torch.Tensor]) -> torch.Tensor:
+        device = wavs[0].device
+        lengths = torch.LongTensor([len(wav) for wav in wavs]).to(device)
+        padding_mask = ~torch.lt(torch.arange(max(lengths)).unsqueeze(0).to(device), lengths.unsqueeze(1))
+        encoder_output, _ = self.wavlm.extract_features(pad_sequence(wavs, batch_first=True), padding_mask=padding_mask,
+                                                        mask=False)
+        return encoder_output
 
 
 class AdapterWavLMExpert(nn.Module):
@@ -82,7 +99,7 @@ class AdapterWavLMExpert(nn.Module):
         # autograd, so backward stops at the hidden states the L-adapters read.
         self._backbone_trains = any(p.requires_grad for p in self.model.parameters())
         if cfg.checkpoint_activations and self._backbone_trains:
-            checkpoint_layer_activations(self.model)
+            checkpoint_layer_activations(self.model, "selective" if cfg.checkpoint_activations == "selective" else "full")
 
         self.state_source: Optional[Callable] = None
         """Where the L-adapters' inputs come from: None = the backbone, or f(wavs, compute) -> states
@@ -147,6 +164,10 @@ class AdapterWavLMExpert(nn.Module):
             hidden_states = [h.float() for h in hidden_states]
         return {"hidden_states": hidden_states, "last_hidden_state": hidden_states[-1]}
 
+    def use_prefix_store(self, store) -> None:
+        """Take the backbone's frozen prefix from `store` (see BackboneStates.prefix_store) when it has it."""
+        self._states.prefix_store = store
+
     @property
     def backbone_is_frozen_and_deterministic(self) -> bool:
         """Nothing inside the backbone trains and its dropout is off, so the states the L-adapters read
@@ -165,6 +186,9 @@ class AdapterWavLMExpert(nn.Module):
             else:
                 inputs = self._l_adapter_inputs(wavs)
             layers = self.adapter_config.l_adapter_layers
+            if self.adapter_config.adapters_in_float32 and torch.is_autocast_enabled(inputs[0].device.type):
+                with torch.autocast(inputs[0].device.type, enabled=False):
+                    return [self.l_adapters[str(i)](h.float()) for i, h in zip(layers, inputs)]
             hidden_states = [self.l_adapters[str(i)](h) for i, h in zip(layers, inputs)]
         else:
             hidden_states = self.backbone_hidden_states(wavs)

@@ -34,6 +34,18 @@ ROWS = [  # (name, upstream, stock -f, adapter settings (-g) or the feature cach
     ("ladapter+bf16", "wavlm_ladapter", False, {"autocast": "bfloat16"}),
     ("ladapter+ckpt+bf16", "wavlm_ladapter", False, {"checkpoint_activations": True, "autocast": "bfloat16"}),
     ("ladapter_only+bf16", "wavlm_ladapter_only", False, {"autocast": "bfloat16"}),
+    # Issue 15: the frozen-prefix cache for every adapter method (warm: the CNN no longer runs),
+    # selective checkpointing (keep matmul outputs, recompute the rest), bf16 with the adapters in
+    # float32 (the `+bf16` rows above, since then) against bf16 throughout (`adapters_in_float32: false`).
+    ("houlsby+prefix", "wavlm_houlsby", False, {"prefix_cache": True}),
+    ("eadapter+prefix", "wavlm_eadapter", False, {"prefix_cache": True}),
+    ("ladapter+prefix", "wavlm_ladapter", False, {"prefix_cache": True}),
+    ("lora+prefix", "wavlm_lora", False, {"prefix_cache": True}),
+    ("eadapter+selective", "wavlm_eadapter", False, {"checkpoint_activations": "selective"}),
+    ("ladapter+selective", "wavlm_ladapter", False, {"checkpoint_activations": "selective"}),
+    ("ladapter+prefix+selective", "wavlm_ladapter", False, {"prefix_cache": True, "checkpoint_activations": "selective"}),
+    ("ladapter+bf16(all)", "wavlm_ladapter", False, {"autocast": "bfloat16", "adapters_in_float32": False}),
+    ("ladapter+prefix+bf16", "wavlm_ladapter", False, {"prefix_cache": True, "autocast": "bfloat16"}),
     ("frozen+cache", "wavlm_local", False, {"feature_cache": True}),
     ("ladapter_only+cache", "wavlm_ladapter_only", False, {"feature_cache": True}),
     # A first epoch through the cache: every step new utterances (all misses), entries written to disk.
@@ -63,10 +75,12 @@ def measure_one(name, upstream, finetune, settings, ckpt, batch, seconds, steps,
     from s3prl_adapters.method.backbone import load_wavlm
     from s3prl_adapters.method.config import METHODS, adapter_config_from_dict
     from s3prl_adapters.method.expert import AdapterWavLMExpert
-    from s3prl_adapters.bridge.feature_cache import CachedUpstream, FeatureCacheConfig, attach_feature_cache
+    from s3prl_adapters.bridge.feature_cache import (CachedUpstream, FeatureCacheConfig, PrefixCacheConfig,
+                                                     attach_feature_cache, attach_prefix_cache)
 
     settings = dict(settings)
     cached = settings.pop("feature_cache", False)
+    prefix_cached = settings.pop("prefix_cache", False)
     runner_fp16 = settings.pop("runner_fp16", False)
     fp16 = runner_fp16 or settings.get("autocast") == "float16"
     baseline_mb = _peak_memory_mb(device)  # the process before any model: Python, torch, S3PRL imports
@@ -88,6 +102,8 @@ def measure_one(name, upstream, finetune, settings, ckpt, batch, seconds, steps,
     elif cached:
         model = CachedUpstream(model, cache_config)
         cache = model.cache
+    if prefix_cached:  # the warm-up step fills it; the timed steps read it
+        attach_prefix_cache(model, PrefixCacheConfig())
     head = nn.Sequential(nn.Linear(featurizer.output_dim, 256), nn.ReLU()).to(device)
     classifier = nn.Linear(256, 24).to(device)
     params = [p for m in (featurizer, head, classifier) for p in m.parameters()]
@@ -149,7 +165,8 @@ def measure_one(name, upstream, finetune, settings, ckpt, batch, seconds, steps,
         ckpt_bytes = os.path.getsize(path)
     result = {
         "method": name, "upstream": upstream + (" -f" if finetune else ""), "settings": dict(
-            settings, **({"feature_cache": cached} if cached else {}), **({"runner_fp16": True} if runner_fp16 else {})),
+            settings, **({"feature_cache": cached} if cached else {}), **({"prefix_cache": True} if prefix_cached else {}),
+            **({"runner_fp16": True} if runner_fp16 else {})),
         "step_seconds": statistics.median(times), "inference_seconds": statistics.median(infer),
         "trainable_params": sum(p.numel() for p in params) - sum(p.numel() for m in (head, classifier) for p in m.parameters()),
         "upstream_checkpoint_bytes": ckpt_bytes,

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional
 
 from s3prl_adapters.tasks import PAPER_TASKS, TASKS, make_mini_superb
 from s3prl_adapters.tasks.base import overrides_string
-from s3prl_adapters.tools.catalogue import CACHEABLE, METHODS
+from s3prl_adapters.tools.catalogue import CACHEABLE, METHODS, PREFIX_CACHEABLE
 from s3prl_adapters.tools.report import write_reports
 from s3prl_adapters.errors import UserError
 
@@ -174,6 +174,8 @@ class Benchmark:
             train += ["-g", self.adapter_yaml]
         if a.feature_cache and method.name in CACHEABLE:
             train[train.index("-o") + 1] += f",,config.feature_cache.dir='{os.path.abspath(a.feature_cache)}'"
+        if a.prefix_cache and method.name in PREFIX_CACHEABLE:
+            train[train.index("-o") + 1] += f",,config.prefix_cache.dir='{os.path.abspath(a.prefix_cache)}'"
         env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
         stream = a.jobs == 1
         trained = _run_logged(train, os.path.join(run.expdir, "train.log"), stream, env)
@@ -266,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter-config", help="-g YAML for the adapter upstreams (default: paper sizes, scaled to the width)")
     p.add_argument("--feature-cache", metavar="DIR", help=f"cache backbone states in DIR for {list(CACHEABLE)} "
                    "(config feature_cache; later epochs skip the backbone)")
+    p.add_argument("--prefix-cache", metavar="DIR", help=f"cache the frozen prefix (CNN, its LayerNorm, the "
+                   f"projection) in DIR for {list(PREFIX_CACHEABLE)} (config prefix_cache)")
     p.add_argument("--steps", type=int, help="override every run's total_steps (save halfway and at the end, "
                    "evaluate at the end)")
     p.add_argument("--full-configs", action="store_true", help="downstream_configs/<task>/config.yaml instead of mini.yaml")

@@ -28,3 +28,6 @@ METHODS = {m.name: m for m in [
 
 CACHEABLE = ("frozen", "ladapter_only")
 """Methods whose backbone is frozen and deterministic, so --feature-cache applies to them."""
+
+PREFIX_CACHEABLE = tuple(m.name for m in METHODS.values() if m.upstream != "wavlm_local")
+"""Methods served by --prefix-cache: every adapter upstream (nothing before encoder layer 0 trains)."""
