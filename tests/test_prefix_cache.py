@@ -131,3 +131,19 @@ def test_prefix_cache_with_a_stock_upstream_is_one_line_error(tiny_ckpt, tiny_fs
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(
         "run_downstream.py: error: config prefix_cache: serves the adapter upstreams (wavlm_eadapter, ")
+
+
+def test_a_recipe_with_random_training_crops_is_told_it_will_miss(capsys):
+    from types import SimpleNamespace
+
+    from s3prl_adapters.bridge.runner_hook import AdapterRunner
+
+    def note(task, datarc):
+        runner = SimpleNamespace(args=SimpleNamespace(downstream=task), config={"downstream_expert": {"datarc": datarc}})
+        AdapterRunner._note_random_train_crop(runner)
+        return capsys.readouterr().err
+
+    assert "sv_voxceleb1 crops a random datarc.max_timestep window" in note("sv_voxceleb1", {"max_timestep": 48000})
+    assert note("sv_voxceleb1", {}) == ""  # no crop configured: every file whole, cached like any other
+    assert note("fluent_commands", {"max_timestep": 48000}) == ""
+    assert note("some_recipe_without_a_descriptor", {}) == ""

@@ -119,6 +119,8 @@ class AdapterRunner(Runner):
         super().__init__(args, config)
         self.feature_cache = self._attach_feature_cache(cache_config) if cache_config else None
         self.prefix_cache = self._attach_prefix_cache(prefix_config) if prefix_config else None
+        if cache_config or prefix_config:
+            self._note_random_train_crop()
 
     @staticmethod
     def _feature_cache_config(args, config) -> Optional[FeatureCacheConfig]:
@@ -140,6 +142,13 @@ class AdapterRunner(Runner):
             raise UserError(f"config prefix_cache: serves the adapter upstreams ({', '.join(sorted(UPSTREAMS))}), not "
                             f"{args.upstream}; for a frozen stock upstream use feature_cache")
         return PrefixCacheConfig.from_config(section)
+
+    def _note_random_train_crop(self):
+        task = find_task(self.args.downstream)
+        crop = task and task.random_train_crop
+        if crop and self.config.get("downstream_expert", {}).get("datarc", {}).get(crop):
+            print(f"[s3prl-adapters] cache: {task.name} crops a random datarc.{crop} window of every training file "
+                  f"each epoch, so training batches miss the cache; only evaluation reuses it", file=sys.stderr)
 
     def _attach_prefix_cache(self, cache_config: PrefixCacheConfig) -> FeatureCache:
         """After the Featurizer's probe, like the feature cache."""

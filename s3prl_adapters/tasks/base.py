@@ -75,6 +75,11 @@ class Task:
     standin_base: Optional[str] = None
     """Name of the task whose stand-in corpus this one reuses (and needs generated first)."""
 
+    random_train_crop: Optional[str] = None
+    """The datarc key of a random window the recipe's dataset crops from each training file every
+    epoch (None: no such crop). The feature and prefix caches key on the samples the upstream
+    receives, so training batches of such a recipe miss every epoch; only evaluation hits."""
+
     workarounds: Tuple[str, ...] = ()
     """Names of the functions of bridge/compat.py this recipe needs installed before it runs."""
 

@@ -31,6 +31,7 @@ class SpeakerVerification(Task):
     paper_task = True
     standin_dir = "VoxCeleb1"
     workarounds = ("sv_expert_hardcodes_cuda", "sv_length_cache_lives_in_installed_package")
+    random_train_crop = "max_timestep"
     submission_member = "predict/sv_public/predict.txt"
     empty_train_hint = " (ASV keeps only files longer than vad_config.min_sec after VAD)"
 
