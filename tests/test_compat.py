@@ -221,3 +221,17 @@ def test_lazy_hub_imports_only_what_the_run_uses_and_still_resolves_every_upstre
     lazy = subprocess.run([sys.executable, "-c", probe, "with"], capture_output=True, text=True, timeout=300)
     assert lazy.returncode == 0, lazy.stderr[-2000:]
     assert lazy.stdout.splitlines() == ["True False False", "True True"]  # WavLM alone; the rest on demand
+
+
+def test_run_downstream_gets_the_lazy_hub_before_s3prl_s_runner_imports_the_real_one():
+    probe = ("import sys\n"
+             "from s3prl_adapters.bridge import launcher\n"
+             "from s3prl_adapters.errors import UserError\n"
+             "try:\n"
+             "    launcher.run(['-m', 'train', '-u', 'wavlm_ladapter', '-d', 'no_such_task', '-n', 'x'], 60.0)\n"
+             "except UserError:\n"
+             "    pass\n"
+             "print('s3prl.downstream.runner' in sys.modules, 's3prl.upstream.hubert.hubconf' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["True", "False"]  # S3PRL's runner imported, no other upstream family

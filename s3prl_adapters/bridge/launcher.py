@@ -111,6 +111,8 @@ def prepare_argv(argv: List[str]) -> List[str]:
 
 def run(argv: List[str], ddp_timeout_minutes: float) -> None:
     from s3prl_adapters.bridge import compat
+
+    compat.s3prl_hub_imports_every_upstream()  # before the runner hook imports S3PRL's runner, which imports the hub
     from s3prl_adapters.bridge.hubconf import register
     from s3prl_adapters.bridge.runner_hook import AdapterRunner
 
