@@ -37,6 +37,10 @@ def test_outputs_and_columns(smoke):
     assert re.search(r"\[1/2\] (start|done) ", proc.stderr) and "ETA" in proc.stderr
     md = (out / "results.md").read_text()
     assert "| Frozen weighted sum (SUPERB) |" in md and "ER acc % ↑" in md
+    runs = {r["method"]: r for r in json.load(open(out / "results.json"))["runs"]}
+    assert (runs["ladapter"]["prefix_cache"], runs["frozen"]["prefix_cache"]) == (True, False)  # adapter runs only
+    assert "L+E adapters (proposed): the frozen prefix (CNN, LayerNorm, projection) read from one cache" in md
+    assert os.listdir(next((out / "prefix_cache").iterdir()))  # the shared folder holds the entries
 
 
 def test_table_numbers_are_the_metrics_s3prl_printed(smoke):

@@ -71,6 +71,30 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(tiny_ckpt, t
     assert list(recomputed.state_dict()) == list(plain.state_dict())  # checkpoints unchanged
 
 
+@pytest.mark.parametrize("autocast", [None, "bfloat16"])
+def test_selective_checkpointing_saves_exactly_the_feed_forward_products(tiny_ckpt, tmp_path, monkeypatch, autocast):
+    """Two saved products per layer and forward (fc1, fc2), in float32 and under autocast, where the
+    weights reach the product as low-precision copies; everything else is recomputed."""
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    from s3prl_adapters.method import attach
+
+    decisions = []
+
+    def counting(layer):
+        policy = make_policy(layer)
+        return lambda ctx, op, *args, **kwargs: decisions.append(policy(ctx, op, *args, **kwargs)) or decisions[-1]
+
+    make_policy = attach.feed_forward_products_policy
+    monkeypatch.setattr(attach, "feed_forward_products_policy", counting)
+    settings = {"checkpoint_activations": "selective", **({"autocast": autocast} if autocast else {})}
+    expert = _expert_with(tiny_ckpt, tmp_path, **settings)
+    _train_mode_loss_and_grads(expert)
+    saved = sum(d == CheckpointPolicy.MUST_SAVE for d in decisions)
+    assert saved == 2 * 2 * len(expert.model.encoder.layers)  # fc1 and fc2; the forward and its recomputation
+    assert len(decisions) > 4 * saved  # the attention and the element-wise ops are recomputed
+
+
 def test_bfloat16_autocast_stays_close_and_returns_float32(tmp_path):
     # The pretrained tiny backbone: a random one amplifies rounding errors through its layers.
     backbone = os.path.join(REPO, "s3prl_adapters", "assets", "wavlm_tiny_pretrained.pt")

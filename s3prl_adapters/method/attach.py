@@ -101,34 +101,46 @@ def layer_norm_names(wavlm: nn.Module) -> List[str]:
     ]
 
 
-def _keep_matmul_outputs():
-    """torch's selective-checkpoint policy: save what the matrix products compute, recompute the rest."""
-    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+def _keep_feed_forward_products(layer: nn.Module):
+    """torch's selective-checkpoint policy for one encoder layer: save the outputs of the FFN's two
+    matrix products (fc1, fc2: two thirds of the layer's matmul work), recompute the rest in backward:
+    the attention (its projections, and the T x T scores and probabilities that take most of the
+    memory) and every element-wise and normalisation op. Products are recognised by their weight's
+    shape, which holds under autocast too (where the weight arrives as a fresh low-precision copy)."""
+    from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+    policy = feed_forward_products_policy(layer)
+    return lambda: create_selective_checkpoint_contexts(policy)
+
+
+def feed_forward_products_policy(layer: nn.Module):
+    from torch.utils.checkpoint import CheckpointPolicy
 
     aten = torch.ops.aten
-    kept = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default, aten.linear.default,
-            aten.convolution.default, aten._scaled_dot_product_flash_attention.default,
-            aten._scaled_dot_product_efficient_attention.default, aten._scaled_dot_product_cudnn_attention.default}
+    products = {aten.mm.default, aten.addmm.default}
+    ffn_shapes = {(layer.fc1.in_features, layer.fc1.out_features), (layer.fc2.in_features, layer.fc2.out_features)}
 
     def policy(ctx, op, *args, **kwargs):
-        return CheckpointPolicy.MUST_SAVE if op in kept else CheckpointPolicy.PREFER_RECOMPUTE
+        if op in products and tuple(args[-1].shape) in ffn_shapes:  # (in, out): the transposed weight
+            return CheckpointPolicy.MUST_SAVE
+        return CheckpointPolicy.PREFER_RECOMPUTE
 
-    return create_selective_checkpoint_contexts(policy)
+    return policy
 
 
 def checkpoint_layer_activations(wavlm: nn.Module, mode: str = "full") -> None:
     """Make every encoder layer recompute activations in backward instead of keeping them: 'full'
-    keeps only the layer's inputs, 'selective' also keeps the matrix products' outputs. The layer's
+    keeps only the layer's inputs, 'selective' also keeps the FFN products' outputs. The layer's
     own `forward` is wrapped (not the module replaced), so parameter names, adapter checkpoints and
     forward hooks stay as they are; hooks fire once per forward, because the recomputation calls the
     unhooked method. Dropout masks are replayed (preserve_rng_state)."""
-    extra = {"context_fn": _keep_matmul_outputs} if mode == "selective" else {}
     for layer in wavlm.encoder.layers:
+        extra = {"context_fn": _keep_feed_forward_products(layer)} if mode == "selective" else {}
         run_layer = type(layer).forward.__get__(layer)
 
-        def forward(*args, _run_layer=run_layer, **kwargs):
+        def forward(*args, _run_layer=run_layer, _extra=extra, **kwargs):
             if not torch.is_grad_enabled():
                 return _run_layer(*args, **kwargs)
-            return torch.utils.checkpoint.checkpoint(_run_layer, *args, use_reentrant=False, **extra, **kwargs)
+            return torch.utils.checkpoint.checkpoint(_run_layer, *args, use_reentrant=False, **_extra, **kwargs)
 
         layer.forward = forward

@@ -68,10 +68,10 @@ class AdapterConfig:
     checkpoint_activations: Union[bool, str] = False
     """Activation checkpointing of every encoder layer (torch.utils.checkpoint), for methods that
     train inside the backbone (no effect otherwise): `true` (or 'full') keeps only each layer's
-    input and recomputes the whole layer in backward; 'selective' keeps the outputs of the matrix
-    products (linear, attention, convolution) and recomputes only the cheap element-wise and
-    normalisation ops (torch's selective-checkpoint policy): most of the memory saving for a
-    fraction of the recompute."""
+    input and recomputes the whole layer in backward; 'selective' (torch's selective-checkpoint
+    policy) also keeps the outputs of the FFN's two products (fc1, fc2: two thirds of the layer's
+    matmul work) and recomputes the attention, whose T x T scores and probabilities hold most of the
+    memory, and the element-wise and normalisation ops: most of the saving for a part of the cost."""
 
     lora_rank: Optional[int] = None
     """LoRA rank (wavlm_lora). None = the rank whose trainable count is closest to the proposed

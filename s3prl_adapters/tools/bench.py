@@ -35,7 +35,8 @@ ROWS = [  # (name, upstream, stock -f, adapter settings (-g) or the feature cach
     ("ladapter+ckpt+bf16", "wavlm_ladapter", False, {"checkpoint_activations": True, "autocast": "bfloat16"}),
     ("ladapter_only+bf16", "wavlm_ladapter_only", False, {"autocast": "bfloat16"}),
     # Issue 15: the frozen-prefix cache for every adapter method (warm: the CNN no longer runs),
-    # selective checkpointing (keep matmul outputs, recompute the rest), bf16 with the adapters in
+    # selective checkpointing (keep the FFN products, recompute the attention and element-wise ops) alone
+    # and with the prefix cache (as full checkpointing), bf16 with the adapters in
     # float32 (the `+bf16` rows above, since then) against bf16 throughout (`adapters_in_float32: false`).
     ("houlsby+prefix", "wavlm_houlsby", False, {"prefix_cache": True}),
     ("eadapter+prefix", "wavlm_eadapter", False, {"prefix_cache": True}),
@@ -44,6 +45,7 @@ ROWS = [  # (name, upstream, stock -f, adapter settings (-g) or the feature cach
     ("eadapter+selective", "wavlm_eadapter", False, {"checkpoint_activations": "selective"}),
     ("ladapter+selective", "wavlm_ladapter", False, {"checkpoint_activations": "selective"}),
     ("ladapter+prefix+selective", "wavlm_ladapter", False, {"prefix_cache": True, "checkpoint_activations": "selective"}),
+    ("ladapter+prefix+ckpt", "wavlm_ladapter", False, {"prefix_cache": True, "checkpoint_activations": True}),
     ("ladapter+bf16(all)", "wavlm_ladapter", False, {"autocast": "bfloat16", "adapters_in_float32": False}),
     ("ladapter+prefix+bf16", "wavlm_ladapter", False, {"prefix_cache": True, "autocast": "bfloat16"}),
     ("frozen+cache", "wavlm_local", False, {"feature_cache": True}),

@@ -98,6 +98,10 @@ class Benchmark:
         self.lock = threading.Lock()
         self.done = 0
         self.started_at = time.time()
+        self.prefix_cache = None if args.no_prefix_cache else os.path.abspath(
+            args.prefix_cache or os.path.join(self.out, "prefix_cache"))
+        """One folder for every adapter run: the prefix depends only on the frozen backbone and the audio,
+        so after the first run of a task the others read it (keys include a hash of the prefix's weights)."""
 
     # ---- setup ------------------------------------------------------------------------------
     def backbone(self) -> str:
@@ -174,8 +178,9 @@ class Benchmark:
             train += ["-g", self.adapter_yaml]
         if a.feature_cache and method.name in CACHEABLE:
             train[train.index("-o") + 1] += f",,config.feature_cache.dir='{os.path.abspath(a.feature_cache)}'"
-        if a.prefix_cache and method.name in PREFIX_CACHEABLE:
-            train[train.index("-o") + 1] += f",,config.prefix_cache.dir='{os.path.abspath(a.prefix_cache)}'"
+        prefix_cached = self.prefix_cache is not None and method.name in PREFIX_CACHEABLE
+        if prefix_cached:
+            train[train.index("-o") + 1] += f",,config.prefix_cache.dir='{self.prefix_cache}'"
         env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
         stream = a.jobs == 1
         trained = _run_logged(train, os.path.join(run.expdir, "train.log"), stream, env)
@@ -194,6 +199,7 @@ class Benchmark:
             "train_seconds": round(trained["seconds"], 1), "peak_rss_mb": round(trained["peak_rss_mb"], 1),
             "backbone": self.backbone_path, "git_commit": self.commit, "expdir": run.expdir,
             **checkpoint_facts(ckpt, self.backbone_path),
+            "prefix_cache": prefix_cached, "feature_cache": bool(a.feature_cache and method.name in CACHEABLE),
             "items": task.test_items(run.expdir, run.fold),  # per-item outcomes: the report's bootstrap
         }
         tmp = result_path + ".tmp"
@@ -268,8 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter-config", help="-g YAML for the adapter upstreams (default: paper sizes, scaled to the width)")
     p.add_argument("--feature-cache", metavar="DIR", help=f"cache backbone states in DIR for {list(CACHEABLE)} "
                    "(config feature_cache; later epochs skip the backbone)")
-    p.add_argument("--prefix-cache", metavar="DIR", help=f"cache the frozen prefix (CNN, its LayerNorm, the "
-                   f"projection) in DIR for {list(PREFIX_CACHEABLE)} (config prefix_cache)")
+    p.add_argument("--prefix-cache", metavar="DIR", help=f"where {list(PREFIX_CACHEABLE)} cache the frozen prefix "
+                   f"(CNN, its LayerNorm, the projection; config prefix_cache), one folder shared by every run "
+                   f"(default: OUTPUT/prefix_cache)")
+    p.add_argument("--no-prefix-cache", action="store_true", help="every run computes the prefix every step")
     p.add_argument("--steps", type=int, help="override every run's total_steps (save halfway and at the end, "
                    "evaluate at the end)")
     p.add_argument("--full-configs", action="store_true", help="downstream_configs/<task>/config.yaml instead of mini.yaml")

@@ -71,6 +71,12 @@ def results_markdown(results: List[dict], wall_seconds: float = None, cells: Dic
         "Chance or majority level on the stand-in corpora: "
         + ", ".join(f"{TASKS[t].title.split(' %')[0]} {TASKS[t].chance_percent:.2f} %" for t in tasks) + ".",
     ]
+    for cache, what in (("prefix_cache", "the frozen prefix (CNN, LayerNorm, projection)"),
+                        ("feature_cache", "the frozen backbone's states")):
+        cached = sorted({METHODS[r["method"]].title for r in results if r.get(cache)})
+        if cached:
+            notes.append(f"{', '.join(cached)}: {what} read from one cache shared by the runs once computed "
+                         f"(float16; `{cache}` in the README).")
     if wall_seconds is not None:
         notes.append(f"Wall time of this benchmark invocation: {wall_seconds / 60:.1f} min.")
     return "\n".join(lines + notes) + "\n"
