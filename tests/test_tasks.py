@@ -80,7 +80,7 @@ def test_identification_split_covers_every_speaker(more_corpus):
     speakers = {code: {rel.split("/")[0] for rel in rels} for code, rels in splits.items()}
     assert speakers["1"] == speakers["2"] == speakers["3"] and len(speakers["3"]) == 60  # closed set
     assert all(10001 <= int(s[2:]) <= 11251 for s in speakers["1"])  # the recipe's label = id - 10001
-    assert (len(splits["1"]), len(splits["2"]), len(splits["3"])) == (280, 60, 60)
+    assert (len(splits["1"]), len(splits["2"]), len(splits["3"])) == (340, 60, 60)
 
 
 @pytest.mark.parametrize("task, line", [
@@ -189,3 +189,59 @@ def test_a_recipe_without_a_task_module_runs_with_an_adapter_upstream(tiny_ckpt,
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "preflight: no corpus checks for -d example" in proc.stderr
     assert (tmp_path / "exp" / "states-2.ckpt").is_file()
+
+
+def _run_folder(task, root, tmp_path, fold):
+    """An experiment folder as far as submission reads it: the run's config, pointing at the corpus."""
+    import yaml
+
+    with open(task.config_path(mini=True)) as f:
+        config = yaml.safe_load(f)
+    config["downstream_expert"]["datarc"].update(task.standin_overrides(root), **task.fold_overrides(fold or 0))
+    exp = tmp_path / task.name
+    exp.mkdir()
+    (exp / "config_2026-01-01-00-00-00.yaml").write_text(yaml.safe_dump(config))
+    return exp, config
+
+
+def _complete_prediction(task, config, fold):
+    from s3prl_adapters.tasks.base import csv_column, read_lines
+    from s3prl_adapters.tasks.speaker_verification import pair_name
+
+    if task.name == "sv_voxceleb1":
+        trials = read_lines(config["downstream_expert"]["datarc"]["test_meta_data"])
+        return [f"{pair_name(a)}_{pair_name(b)} 0.5" for _, a, b in (t.split() for t in trials)]
+    ids = task.corpus_test_ids(config, fold)
+    if task.name == "asr":
+        return [f"{u} THE CAT" for u in ids]
+    if task.name == "fluent_commands":
+        train = os.path.join(config["downstream_expert"]["datarc"]["file_path"], "data", "train_data.csv")
+        slots = ",".join(csv_column(train, slot)[0] for slot in ("action", "object", "location"))
+        return [f"{u},{slots}" for u in ids]
+    return [f"{u} neu" for u in ids]
+
+
+@pytest.mark.parametrize("name, fold, message", [
+    ("asr", None, r"asr: .*: 3 of 60 missing .*runner.evaluate_ratio < 1"),
+    ("fluent_commands", None, r"ic: .*: 3 of 272 missing .*runner.evaluate_ratio < 1"),
+    ("emotion", 1, r"er fold1: .*: 3 of 272 missing .*runner.evaluate_ratio < 1"),
+    ("sv_voxceleb1", None, r"sv: .*: 1997 scored pairs do not match the 2000 trials"),
+])
+def test_a_truncated_evaluation_is_refused_against_the_corpus_list(name, fold, message, mini_corpus, tmp_path):
+    """The prediction is compared with the test list of the corpus itself, so an evaluation that
+    scored only part of it (runner.evaluate_ratio < 1: S3PRL writes a truth file just as short) is refused."""
+    from s3prl_adapters.errors import UserError
+
+    task = TASKS[name]
+    exp, config = _run_folder(task, mini_corpus, tmp_path, fold)
+    path = exp / task.prediction_file.format(fold=fold)
+    lines = _complete_prediction(task, config, fold)
+    path.write_text("\n".join(lines) + "\n")
+    assert task.validate_prediction(str(exp), fold) == str(path)
+    path.write_text("\n".join(lines[:-3]) + "\n")  # as a run with evaluate_ratio < 1 writes it
+    with pytest.raises(UserError, match=message):
+        task.validate_prediction(str(exp), fold)
+    zipped = tmp_path / "p.zip"
+    with pytest.raises(UserError):
+        build_submission(str(zipped), **{task.key: {fold: str(exp)} if fold else str(exp)})
+    assert not zipped.exists()

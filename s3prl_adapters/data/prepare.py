@@ -140,6 +140,9 @@ def make_trials(files: Dict[str, List[str]], n_trials: int, rng: np.random.Gener
             continue
         seen.add((a, b))
         lines.append(f"{int(target)} {a} {b}")
+    if len(lines) < n_trials:  # targets alternate with non-targets: too few same-speaker pairs stop it early
+        raise UserError(f"trial list: only {len(lines)} of {n_trials} distinct trials from {len(speakers)} speakers "
+                        f"({sum(len(files[s]) for s in speakers)} files); give the speakers more files")
     return lines
 
 

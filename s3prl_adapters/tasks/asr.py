@@ -10,7 +10,7 @@ from typing import Dict, List, Optional
 
 from s3prl_adapters.errors import UserError
 
-from .base import Task, csv_column, datarc, read_lines, same_ids
+from .base import Task, csv_column, datarc, latest_config, read_lines, same_ids
 
 SPLITS = ("train-clean-100", "dev-clean", "test-clean")
 
@@ -122,14 +122,18 @@ class SpeechRecognition(Task):
 
     # ---- submission ---------------------------------------------------------------------------------
 
+    def corpus_test_ids(self, config, fold=None):
+        """Every utterance of the test split's bucket CSV (LibriSpeech ids: the file names)."""
+        d = datarc(config)
+        return [os.path.basename(f).split(".")[0] for f in self._bucket_files(d, list(d.get(self.evaluated_split, [])))]
+
     def validate_prediction(self, expdir, fold=None):
         path = os.path.join(expdir, self.prediction_file)
         lines = read_lines(path)
         for n, line in enumerate(lines, 1):
             if not re.fullmatch(r"\S+( [A-Z']+)*", line.rstrip(" ")):
                 raise UserError(f"asr: {path}:{n}: expected '<utt_id> <UPPERCASE WORDS>', got {line!r}")
-        refs = [line.split(" ", 1)[0] for line in read_lines(os.path.join(expdir, "test-clean-noLM-ref.ark"))]
-        same_ids("asr", path, [line.split(" ", 1)[0] for line in lines], refs)
+        same_ids("asr", path, [line.split(" ", 1)[0] for line in lines], self.corpus_test_ids(latest_config(expdir)))
         return path
 
     # ---- per-item outcomes ---------------------------------------------------------------------------

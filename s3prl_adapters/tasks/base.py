@@ -149,6 +149,11 @@ class Task:
             raise UserError(f"no '{self.metric_pattern}' line in the evaluation log")
         return float(values[-1])
 
+    def corpus_test_ids(self, config: dict, fold: Optional[int] = None) -> List[str]:
+        """The ids of the test split's utterances as the corpus lists them (not as the run wrote them):
+        what a submission must cover."""
+        raise NotImplementedError
+
     def validate_prediction(self, expdir: str, fold: Optional[int] = None) -> str:
         """Check the test prediction of an experiment folder (line shape, labels, every test item);
         returns its path. A failed check raises UserError naming the file and line."""
@@ -248,9 +253,10 @@ def same_ids(task: str, path: str, got: Sequence[str], expected: Sequence[str]) 
     missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
     if missing or extra or len(got) != len(set(got)):
         raise UserError(
-            f"{task}: {path}: utterances differ from the test list "
-            f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, extra {extra[:3]}, "
-            f"{len(got) - len(set(got))} duplicated)"
+            f"{task}: {path}: utterances differ from the corpus's test list: {len(missing)} of {len(set(expected))} "
+            f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}, {len(extra)} extra {extra[:3]}, "
+            f"{len(got) - len(set(got))} duplicated" + (" (a truncated evaluation, runner.evaluate_ratio < 1?)"
+                                                        if missing and not extra else "")
         )
 
 

@@ -6,8 +6,8 @@ the recipe reads `<meta_data>/SessionN/{train,test}_meta_data.json` (fold N test
 
 import os
 
-from .base import (Task, class_answers, datarc, labelled_lines, read_lines, same_ids, utterance_level_head,
-                   utterance_logits)
+from .base import (Task, class_answers, datarc, labelled_lines, latest_config, read_lines, same_ids,
+                   utterance_level_head, utterance_logits)
 
 LABELS = ("neu", "hap", "ang", "sad")
 
@@ -129,11 +129,14 @@ class EmotionRecognition(Task):
 
     # ---- submission ---------------------------------------------------------------------------------
 
+    def corpus_test_ids(self, config, fold=None):
+        """The fold's test_meta_data.json (the run's config names the fold)."""
+        return [os.path.splitext(os.path.basename(f))[0] for f in self._files(config, "test")]
+
     def validate_prediction(self, expdir, fold=None):
         path = os.path.join(expdir, self.prediction_file.format(fold=fold))
         pairs = labelled_lines(f"er fold{fold}", path, LABELS)
-        truth = [line.split(" ")[0] for line in read_lines(os.path.join(expdir, f"test_fold{fold}_truth.txt"))]
-        same_ids(f"er fold{fold}", path, [item for item, _ in pairs], truth)
+        same_ids(f"er fold{fold}", path, [item for item, _ in pairs], self.corpus_test_ids(latest_config(expdir), fold))
         return path
 
     # ---- inference ----------------------------------------------------------------------------------

@@ -94,6 +94,9 @@ class IntentClassification(Task):
 
     # ---- submission ---------------------------------------------------------------------------------
 
+    def corpus_test_ids(self, config, fold=None):
+        return [os.path.splitext(os.path.basename(f))[0] for f in self._files(config, "test")]
+
     def validate_prediction(self, expdir, fold=None):
         path = os.path.join(expdir, self.prediction_file)
         lines = read_lines(path)
@@ -107,8 +110,7 @@ class IntentClassification(Task):
             for value, values, slot in zip(parts[1:], allowed, SLOTS):
                 if value not in values:
                     raise UserError(f"ic: {path}:{n}: {slot} '{value}' is not one of the training labels")
-        truth = [line.split(",")[0] for line in read_lines(os.path.join(expdir, "test_truth.csv"))]
-        same_ids("ic", path, [line.split(",")[0] for line in lines], truth)
+        same_ids("ic", path, [line.split(",")[0] for line in lines], self.corpus_test_ids(latest_config(expdir)))
         return path
 
     # ---- inference ----------------------------------------------------------------------------------

@@ -75,9 +75,10 @@ class SpeakerVerification(Task):
 
     # ---- stand-in: mini-VoxCeleb1 -------------------------------------------------------------------
 
-    standin_sizes = {"small": {"speakers": [(40, 6), (20, 8)], "trials": 2000},
-                     "medium": {"speakers": [(80, 6), (30, 8)], "trials": 4000}}
-    """(speakers, utterances per speaker) of dev and test, and the number of test trials."""
+    standin_sizes = {"small": {"speakers": [(40, 6), (20, 11)], "trials": 2000},
+                     "medium": {"speakers": [(80, 6), (30, 13)], "trials": 4000}}
+    """(speakers, utterances per speaker) of dev and test, and the number of test trials (half of them
+    target pairs: the test speakers' same-speaker pairs must number at least half the trials)."""
     standin_seed = 3
     trial_seed = 99
 
