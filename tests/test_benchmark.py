@@ -88,7 +88,7 @@ def test_submission_rejects_missing_file(smoke, tmp_path):
 @pytest.mark.parametrize("mutate, message", [
     (lambda lines: [lines[0].replace(" ", "\t")] + lines[1:], "expected '<utt> <label>'"),
     (lambda lines: [lines[0].split(" ")[0] + " bored"] + lines[1:], "label 'bored' not in"),
-    (lambda lines: lines[1:], "utterances differ from the test list .*missing"),
+    (lambda lines: lines[1:], "utterances differ from the corpus's test list: 1 of 272 missing"),
 ])
 def test_submission_rejects_bad_predictions(smoke, tmp_path, mutate, message):
     exp = _er_expdir(smoke, tmp_path)
