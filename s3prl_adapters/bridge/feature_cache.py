@@ -308,18 +308,20 @@ class PrefixStore(FeatureCache):
     """A FeatureCache of one tensor per utterance (its prefix frames), all or nothing per batch."""
 
     def lookup(self, wavs: List[torch.Tensor]) -> Optional[List[torch.Tensor]]:
-        """Every utterance's prefix (float32), or None when any is missing (the batch is then computed)."""
-        self._keys = [waveform_key(w) for w in wavs]
-        found = [self.get(k) for k in self._keys]
-        missing = sum(f is None for f in found)
-        self.hits += len(found) - missing
-        self.misses += missing
-        return None if missing else [f[0].float() for f in found]
+        """Every utterance's prefix (float32), or None when any is missing (the batch is then computed
+        and handed to `store`)."""
+        keys = [waveform_key(w) for w in wavs]
+        found = [self.get(k) for k in keys]
+        self._missed = [(b, k) for b, (k, f) in enumerate(zip(keys, found)) if f is None]
+        self.hits += len(found) - len(self._missed)
+        self.misses += len(self._missed)
+        return None if self._missed else [f[0].float() for f in found]
 
     def store(self, wavs: List[torch.Tensor], rows: List[torch.Tensor]) -> None:
-        for key, row in zip(self._keys, rows):
-            if self.get(key) is None:
-                self.put(key, [row])
+        """Keep the computed rows of the utterances the lookup of this batch (`wavs`) missed; the others
+        are cached already (not read again)."""
+        for b, key in self._missed:
+            self.put(key, [rows[b]])
 
 
 class CachedUpstream(nn.Module):
