@@ -42,6 +42,34 @@ def run_device(argv: List[str]) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _hub_entry_names(hub_path: str) -> List[str]:
+    """The names `s3prl/hub.py` would define, read from the source of it and of every hubconf it
+    star-imports (their top-level definitions and imports), without importing any of them."""
+    import ast
+
+    def public_names(path):
+        with open(path) as f:
+            tree = ast.parse(f.read(), filename=path)
+        names = []
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.append(node.name)
+            elif isinstance(node, ast.Assign):
+                names += [t.id for t in node.targets if isinstance(t, ast.Name)]
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names += [(a.asname or a.name).split(".")[0] for a in node.names if a.name != "*"]
+        return [n for n in names if not n.startswith("_")], tree
+
+    root = os.path.dirname(os.path.dirname(hub_path))  # the folder that holds the s3prl package
+    names, tree = public_names(hub_path)
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module and any(a.name == "*" for a in node.names):
+            source = os.path.join(root, *node.module.split(".")) + ".py"
+            if os.path.exists(source):
+                names += public_names(source)[0]
+    return names
+
+
 class _LazyHub(types.ModuleType):
     """`s3prl.hub` that imports an upstream family only when one of its names is first asked for:
     WavLM's entries from S3PRL's WavLM hubconf alone, anything else from the real hub, loaded then."""
@@ -59,7 +87,13 @@ class _LazyHub(types.ModuleType):
         return getattr(self._real(), name)
 
     def __dir__(self):
-        return dir(self._real())
+        # S3PRL's argument parser lists dir(hub) in its -u help text at every start: answer from the
+        # hubconfs' source (their top-level functions) instead of importing all 36 families for it.
+        real = self.__dict__.get("_real_hub")
+        if real is not None:
+            return dir(real)
+        own = {name for name in self.__dict__ if name != "_real_path"}
+        return sorted(own | set(_hub_entry_names(self.__dict__["_real_path"])))
 
     def _real(self):
         """The real hub module, executed once (its 36 star imports), its names copied onto this one."""
