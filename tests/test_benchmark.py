@@ -39,6 +39,8 @@ def test_outputs_and_columns(smoke):
     assert "| Frozen weighted sum (SUPERB) |" in md and "ER acc % ↑" in md
     runs = {r["method"]: r for r in json.load(open(out / "results.json"))["runs"]}
     assert (runs["ladapter"]["prefix_cache"], runs["frozen"]["prefix_cache"]) == (True, False)  # adapter runs only
+    assert (runs["ladapter"]["feature_cache"], runs["frozen"]["feature_cache"]) == (False, True)  # frozen ones only
+    assert "Frozen weighted sum (SUPERB): the frozen backbone's states read from a cache" in md
     assert "L+E adapters (proposed): the frozen prefix (CNN, LayerNorm, projection) read from one cache" in md
     assert os.listdir(next((out / "prefix_cache").iterdir()))  # the shared folder holds the entries
 

@@ -102,6 +102,10 @@ class Benchmark:
             args.prefix_cache or os.path.join(self.out, "prefix_cache"))
         """One folder for every adapter run: the prefix depends only on the frozen backbone and the audio,
         so after the first run of a task the others read it (keys include a hash of the prefix's weights)."""
+        self.feature_cache = None if args.no_feature_cache else os.path.abspath(
+            args.feature_cache or os.path.join(self.out, "feature_cache"))
+        """Backbone states of the frozen methods (CACHEABLE), for tasks whose training files are read
+        whole: later epochs and the second dev evaluation skip the backbone."""
 
     # ---- setup ------------------------------------------------------------------------------
     def backbone(self) -> str:
@@ -176,8 +180,10 @@ class Benchmark:
             train.append("-f")
         if method.upstream != "wavlm_local" and self.adapter_yaml:
             train += ["-g", self.adapter_yaml]
-        if a.feature_cache and method.name in CACHEABLE:
-            train[train.index("-o") + 1] += f",,config.feature_cache.dir='{os.path.abspath(a.feature_cache)}'"
+        # A recipe that crops a random window of each training file every epoch would only fill it.
+        feature_cached = self.feature_cache is not None and method.name in CACHEABLE and not task.random_train_crop
+        if feature_cached:
+            train[train.index("-o") + 1] += f",,config.feature_cache.dir='{self.feature_cache}'"
         prefix_cached = self.prefix_cache is not None and method.name in PREFIX_CACHEABLE
         if prefix_cached:
             train[train.index("-o") + 1] += f",,config.prefix_cache.dir='{self.prefix_cache}'"
@@ -199,7 +205,7 @@ class Benchmark:
             "train_seconds": round(trained["seconds"], 1), "peak_rss_mb": round(trained["peak_rss_mb"], 1),
             "backbone": self.backbone_path, "git_commit": self.commit, "expdir": run.expdir,
             **checkpoint_facts(ckpt, self.backbone_path),
-            "prefix_cache": prefix_cached, "feature_cache": bool(a.feature_cache and method.name in CACHEABLE),
+            "prefix_cache": prefix_cached, "feature_cache": feature_cached,
             "items": task.test_items(run.expdir, run.fold),  # per-item outcomes: the report's bootstrap
         }
         tmp = result_path + ".tmp"
@@ -254,9 +260,11 @@ class Benchmark:
         print(f"[benchmark] {len(runs)} runs, backbone {self.backbone_path}, {self.args.jobs} at a time; "
               f"logs in {self.out}/runs/<task>/<method>/", file=sys.stderr)
         started = time.time()
+        # Longest runs first, so that the pool does not end with one long run alone; results keep plan order.
+        order = sorted(range(len(runs)), key=lambda i: -METHODS[runs[i].method].relative_cost)
         with ThreadPoolExecutor(max_workers=self.args.jobs) as pool:
-            futures = [pool.submit(self.execute, r, i + 1, len(runs)) for i, r in enumerate(runs)]
-            results = [f.result() for f in futures]
+            futures = {i: pool.submit(self.execute, runs[i], n + 1, len(runs)) for n, i in enumerate(order)}
+            results = [futures[i].result() for i in range(len(runs))]
 
         write_reports(self.out, results, wall_seconds=time.time() - started, args=vars(self.args))
         return results
@@ -272,8 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--er-folds", nargs="+", type=int, default=[1], help="emotion folds; 1 2 3 4 5 for SUPERB's protocol")
     p.add_argument("--backbone", help="WavLM checkpoint (e.g. WavLM-Base+.pt); default: the embedded tiny pretrained one")
     p.add_argument("--adapter-config", help="-g YAML for the adapter upstreams (default: paper sizes, scaled to the width)")
-    p.add_argument("--feature-cache", metavar="DIR", help=f"cache backbone states in DIR for {list(CACHEABLE)} "
-                   "(config feature_cache; later epochs skip the backbone)")
+    p.add_argument("--feature-cache", metavar="DIR", help=f"where {list(CACHEABLE)} cache the backbone's states "
+                   "(config feature_cache; later epochs skip the backbone; not for recipes that crop training "
+                   "files at random) (default: OUTPUT/feature_cache)")
+    p.add_argument("--no-feature-cache", action="store_true", help="the frozen methods run the backbone every step")
     p.add_argument("--prefix-cache", metavar="DIR", help=f"where {list(PREFIX_CACHEABLE)} cache the frozen prefix "
                    f"(CNN, its LayerNorm, the projection; config prefix_cache), one folder shared by every run "
                    f"(default: OUTPUT/prefix_cache)")

@@ -71,12 +71,15 @@ def results_markdown(results: List[dict], wall_seconds: float = None, cells: Dic
         "Chance or majority level on the stand-in corpora: "
         + ", ".join(f"{TASKS[t].title.split(' %')[0]} {TASKS[t].chance_percent:.2f} %" for t in tasks) + ".",
     ]
-    for cache, what in (("prefix_cache", "the frozen prefix (CNN, LayerNorm, projection)"),
-                        ("feature_cache", "the frozen backbone's states")):
-        cached = sorted({METHODS[r["method"]].title for r in results if r.get(cache)})
-        if cached:
-            notes.append(f"{', '.join(cached)}: {what} read from one cache shared by the runs once computed "
-                         f"(float16; `{cache}` in the README).")
+    for cache, what in (("prefix_cache", "the frozen prefix (CNN, LayerNorm, projection) read from one cache "
+                                         "shared by the runs once computed"),
+                        ("feature_cache", "the frozen backbone's states read from a cache once computed")):
+        on = [r for r in results if r.get(cache)]
+        if on:
+            titles = sorted({METHODS[r["method"]].title for r in on})
+            where = [TASKS[t].title.split(" ")[0] for t in tasks if any(r["task"] == t for r in on)]
+            notes.append(f"{', '.join(titles)}: {what} (float16; `{cache}` in the README)"
+                         + (f"; in {', '.join(where)}" if len(where) < len(tasks) else "") + ".")
     if wall_seconds is not None:
         notes.append(f"Wall time of this benchmark invocation: {wall_seconds / 60:.1f} min.")
     return "\n".join(lines + notes) + "\n"
