@@ -54,7 +54,7 @@ def _train_mode_loss_and_grads(expert):
     return _loss_and_grads(expert, expert._backbone_trains)
 
 
-@pytest.mark.parametrize("mode", [True, "selective"])
+@pytest.mark.parametrize("mode", [True, "selective", "ffn_output"])
 @pytest.mark.parametrize("upstream", ["wavlm_ladapter", "wavlm_houlsby", "wavlm_lora"])
 def test_activation_checkpointing_gives_the_same_loss_and_gradients(tiny_ckpt, tmp_path, upstream, mode):
     plain = _expert_with(tiny_ckpt, tmp_path, upstream)
@@ -71,27 +71,39 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(tiny_ckpt, t
     assert list(recomputed.state_dict()) == list(plain.state_dict())  # checkpoints unchanged
 
 
+@pytest.mark.parametrize("mode,kept_per_layer", [("selective", 2), ("ffn_output", 1)])
 @pytest.mark.parametrize("autocast", [None, "bfloat16"])
-def test_selective_checkpointing_saves_exactly_the_feed_forward_products(tiny_ckpt, tmp_path, monkeypatch, autocast):
-    """Two saved products per layer and forward (fc1, fc2), in float32 and under autocast, where the
-    weights reach the product as low-precision copies; everything else is recomputed."""
+def test_selective_checkpointing_saves_exactly_the_chosen_feed_forward_products(tiny_ckpt, tmp_path, monkeypatch,
+                                                                                autocast, mode, kept_per_layer):
+    """'selective' saves both FFN products per layer and forward (fc1, fc2), 'ffn_output' fc2's
+    alone, in float32 and under autocast, where the weights reach the product as low-precision
+    copies; everything else is recomputed."""
     from torch.utils.checkpoint import CheckpointPolicy
 
     from s3prl_adapters.method import attach
 
-    decisions = []
+    decisions, saved_shapes = [], set()
 
-    def counting(layer):
-        policy = make_policy(layer)
-        return lambda ctx, op, *args, **kwargs: decisions.append(policy(ctx, op, *args, **kwargs)) or decisions[-1]
+    def counting(layer, names):
+        policy = make_policy(layer, names)
+
+        def record(ctx, op, *args, **kwargs):
+            decisions.append(policy(ctx, op, *args, **kwargs))
+            if decisions[-1] == CheckpointPolicy.MUST_SAVE:
+                saved_shapes.add(tuple(args[-1].shape))
+            return decisions[-1]
+        return record
 
     make_policy = attach.feed_forward_products_policy
     monkeypatch.setattr(attach, "feed_forward_products_policy", counting)
-    settings = {"checkpoint_activations": "selective", **({"autocast": autocast} if autocast else {})}
+    settings = {"checkpoint_activations": mode, **({"autocast": autocast} if autocast else {})}
     expert = _expert_with(tiny_ckpt, tmp_path, **settings)
     _train_mode_loss_and_grads(expert)
     saved = sum(d == CheckpointPolicy.MUST_SAVE for d in decisions)
-    assert saved == 2 * 2 * len(expert.model.encoder.layers)  # fc1 and fc2; the forward and its recomputation
+    assert saved == kept_per_layer * 2 * len(expert.model.encoder.layers)  # the forward and its recomputation
+    fc1, fc2 = expert.model.encoder.layers[0].fc1, expert.model.encoder.layers[0].fc2
+    want = {(fc2.in_features, fc2.out_features)} | ({(fc1.in_features, fc1.out_features)} if kept_per_layer == 2 else set())
+    assert saved_shapes == want
     assert len(decisions) > 4 * saved  # the attention and the element-wise ops are recomputed
 
 

@@ -101,27 +101,33 @@ def layer_norm_names(wavlm: nn.Module) -> List[str]:
     ]
 
 
-def _keep_feed_forward_products(layer: nn.Module):
-    """torch's selective-checkpoint policy for one encoder layer: save the outputs of the FFN's two
-    matrix products (fc1, fc2: two thirds of the layer's matmul work), recompute the rest in backward:
-    the attention (its projections, and the T x T scores and probabilities that take most of the
-    memory) and every element-wise and normalisation op. Products are recognised by their weight's
-    shape, which holds under autocast too (where the weight arrives as a fresh low-precision copy)."""
+KEPT_PRODUCTS = {"full": (), "selective": ("fc1", "fc2"), "ffn_output": ("fc2",)}
+"""Per checkpoint mode, the FFN products whose outputs each encoder layer keeps for backward."""
+
+
+def _keep_products(layer: nn.Module, names):
+    """torch's selective-checkpoint policy for one encoder layer: save the outputs of the named FFN
+    products, recompute the rest in backward: the attention (its projections, and the T x T scores
+    and probabilities that take most of the memory) and every element-wise and normalisation op."""
     from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
-    policy = feed_forward_products_policy(layer)
+    policy = feed_forward_products_policy(layer, names)
     return lambda: create_selective_checkpoint_contexts(policy)
 
 
-def feed_forward_products_policy(layer: nn.Module):
+def feed_forward_products_policy(layer: nn.Module, names=("fc1", "fc2")):
+    """MUST_SAVE for the products of the named linears of `layer` (fc1, fc2), PREFER_RECOMPUTE for
+    every other op. Products are recognised by their weight's shape, which holds under autocast too
+    (where the weight arrives as a fresh low-precision copy): fc1 (d -> 4d) and fc2 (4d -> d) differ
+    from each other and from every attention and adapter product."""
     from torch.utils.checkpoint import CheckpointPolicy
 
     aten = torch.ops.aten
     products = {aten.mm.default, aten.addmm.default}
-    ffn_shapes = {(layer.fc1.in_features, layer.fc1.out_features), (layer.fc2.in_features, layer.fc2.out_features)}
+    kept_shapes = {(getattr(layer, n).in_features, getattr(layer, n).out_features) for n in names}
 
     def policy(ctx, op, *args, **kwargs):
-        if op in products and tuple(args[-1].shape) in ffn_shapes:  # (in, out): the transposed weight
+        if op in products and tuple(args[-1].shape) in kept_shapes:  # (in, out): the transposed weight
             return CheckpointPolicy.MUST_SAVE
         return CheckpointPolicy.PREFER_RECOMPUTE
 
@@ -130,12 +136,14 @@ def feed_forward_products_policy(layer: nn.Module):
 
 def checkpoint_layer_activations(wavlm: nn.Module, mode: str = "full") -> None:
     """Make every encoder layer recompute activations in backward instead of keeping them: 'full'
-    keeps only the layer's inputs, 'selective' also keeps the FFN products' outputs. The layer's
-    own `forward` is wrapped (not the module replaced), so parameter names, adapter checkpoints and
-    forward hooks stay as they are; hooks fire once per forward, because the recomputation calls the
-    unhooked method. Dropout masks are replayed (preserve_rng_state)."""
+    keeps only the layer's inputs, 'selective' also keeps the outputs of both FFN products,
+    'ffn_output' that of fc2 alone (KEPT_PRODUCTS). The layer's own `forward` is wrapped (not the
+    module replaced), so parameter names, adapter checkpoints and forward hooks stay as they are;
+    hooks fire once per forward, because the recomputation calls the unhooked method. Dropout masks
+    are replayed (preserve_rng_state)."""
+    kept = KEPT_PRODUCTS[mode]
     for layer in wavlm.encoder.layers:
-        extra = {"context_fn": _keep_feed_forward_products(layer)} if mode == "selective" else {}
+        extra = {"context_fn": _keep_products(layer, kept)} if kept else {}
         run_layer = type(layer).forward.__get__(layer)
 
         def forward(*args, _run_layer=run_layer, _extra=extra, **kwargs):

@@ -99,7 +99,8 @@ class AdapterWavLMExpert(nn.Module):
         # autograd, so backward stops at the hidden states the L-adapters read.
         self._backbone_trains = any(p.requires_grad for p in self.model.parameters())
         if cfg.checkpoint_activations and self._backbone_trains:
-            checkpoint_layer_activations(self.model, "selective" if cfg.checkpoint_activations == "selective" else "full")
+            mode = cfg.checkpoint_activations
+            checkpoint_layer_activations(self.model, mode if isinstance(mode, str) else "full")
 
         self.state_source: Optional[Callable] = None
         """Where the L-adapters' inputs come from: None = the backbone, or f(wavs, compute) -> states

@@ -46,6 +46,9 @@ ROWS = [  # (name, upstream, stock -f, adapter settings (-g) or the feature cach
     ("ladapter+selective", "wavlm_ladapter", False, {"checkpoint_activations": "selective"}),
     ("ladapter+prefix+selective", "wavlm_ladapter", False, {"prefix_cache": True, "checkpoint_activations": "selective"}),
     ("ladapter+prefix+ckpt", "wavlm_ladapter", False, {"prefix_cache": True, "checkpoint_activations": True}),
+    # checkpointing that keeps only fc2's output per layer (the most recomputation saved per byte kept)
+    ("ladapter+ffn_output", "wavlm_ladapter", False, {"checkpoint_activations": "ffn_output"}),
+    ("ladapter+prefix+ffn_output", "wavlm_ladapter", False, {"prefix_cache": True, "checkpoint_activations": "ffn_output"}),
     ("ladapter+bf16(all)", "wavlm_ladapter", False, {"autocast": "bfloat16", "adapters_in_float32": False}),
     ("ladapter+prefix+bf16", "wavlm_ladapter", False, {"prefix_cache": True, "autocast": "bfloat16"}),
     ("frozen+cache", "wavlm_local", False, {"feature_cache": True}),
