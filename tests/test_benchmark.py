@@ -41,6 +41,13 @@ def test_outputs_and_columns(smoke):
     assert (runs["ladapter"]["prefix_cache"], runs["frozen"]["prefix_cache"]) == (True, False)  # adapter runs only
     assert (runs["ladapter"]["feature_cache"], runs["frozen"]["feature_cache"]) == (False, True)  # frozen ones only
     assert "Frozen weighted sum (SUPERB): the frozen backbone's states read from a cache" in md
+    # every entry the frozen run computed reached the disk: its forked process ran the cache's
+    # flush at exit (a multiprocessing child skips atexit handlers unless told to run them)
+    # (training prints its misses; the evaluation adds one entry per test utterance, written at exit)
+    misses = [int(m.group(1)) for m in re.finditer(r"feature cache: \d+ hits, (\d+) misses",
+                                                    open(os.path.join(runs["frozen"]["expdir"], "train.log")).read())]
+    test_items = len(runs["frozen"]["items"]["correct"])
+    assert len(list((out / "feature_cache").rglob("*.pt"))) == misses[-1] + test_items
     assert "L+E adapters (proposed): the frozen prefix (CNN, LayerNorm, projection) read from one cache" in md
     assert os.listdir(next((out / "prefix_cache").iterdir()))  # the shared folder holds the entries
 
@@ -144,3 +151,69 @@ def test_a_killed_benchmark_resumes_bit_identically(tiny_ckpt, mini_corpus, tmp_
     results = [json.load(open(glob.glob(str(root / "runs" / "*" / "*" / "*" / "result.json"))[0]))
                for root in (tmp_path / "reference", out)]
     assert results[0]["metric_value"] == results[1]["metric_value"]
+
+
+def test_runs_start_longest_first_and_wait_for_their_task_s_prefix_filler(tmp_path, monkeypatch):
+    """Prefix-cached runs of a task start only once the first of them (the one that fills the shared
+    cache) has ended, so no result depends on which run won a race; the rest run longest first."""
+    import threading
+    import time
+
+    from s3prl_adapters.tools.benchmark import Benchmark, build_parser
+    from s3prl_adapters.tools.catalogue import METHODS, PREFIX_CACHEABLE
+
+    args = build_parser().parse_args(["--tasks", "fluent_commands", "emotion", "--methods", "frozen", "ladapter",
+                                      "eadapter", "houlsby", "finetune", "-o", str(tmp_path), "--jobs", "2"])
+    bench = Benchmark(args)
+    runs = bench.plan()
+    events, lock = [], threading.Lock()
+
+    def fake_execute(run, index, total):
+        with lock:
+            events.append(("start", run.task, run.method, index))
+        time.sleep(0.05 if run.method != "houlsby" else 0.3)  # a slow filler: the others would overtake it
+        with lock:
+            events.append(("end", run.task, run.method, index))
+        return {"task": run.task, "method": run.method}
+
+    monkeypatch.setattr(bench, "execute", fake_execute)
+    results = bench.execute_all(runs)
+    assert [(r["task"], r["method"]) for r in results] == [(r.task, r.method) for r in runs]  # plan order
+    starts = sorted((e for e in events if e[0] == "start"), key=lambda e: e[3])
+    costs = [METHODS[e[2]].relative_cost for e in starts]
+    assert costs == sorted(costs, reverse=True) and starts[0][2] == "finetune"
+    for task in ("fluent_commands", "emotion"):
+        filler_end = events.index(("end", task, "houlsby", next(e[3] for e in starts if e[1:3] == (task, "houlsby"))))
+        for i, e in enumerate(events):
+            if e[0] == "start" and e[1] == task and e[2] in PREFIX_CACHEABLE and e[2] != "houlsby":
+                assert i > filler_end, (task, e[2])
+    # without the prefix cache nobody waits: the fast runs overtake the slow houlsby ones
+    events.clear()
+    bench = Benchmark(build_parser().parse_args(["--tasks", "fluent_commands", "--methods", "houlsby", "ladapter",
+                                                 "eadapter", "-o", str(tmp_path), "--jobs", "2", "--no-prefix-cache"]))
+    monkeypatch.setattr(bench, "execute", fake_execute)
+    bench.execute_all(bench.plan())
+    assert events.index(("end", "fluent_commands", "ladapter", 2)) < events.index(("end", "fluent_commands", "houlsby", 1))
+
+
+def test_a_failing_run_raises_one_line_naming_its_log(tmp_path):
+    from s3prl_adapters.tools.launch import run_downstream
+
+    log = tmp_path / "train.log"
+    log.write_text("earlier attempt\n")
+    with pytest.raises(UserError, match=r"exited 2: run_downstream.py: error: -e /no/such.ckpt: no such checkpoint .*"
+                                        + re.escape(f"(log: {log})")):
+        run_downstream(["-m", "evaluate", "-e", "/no/such.ckpt"], str(log), threads=1)
+    assert log.read_text().startswith("earlier attempt\n")  # appended, as a resumed run's log
+
+
+def test_forked_runs_run_their_atexit_handlers(tmp_path):
+    """The feature and prefix caches flush queued writes at exit; a multiprocessing child would skip that."""
+    from fabricate import write_file_at_exit
+    from s3prl_adapters.tools.launch import run_in_child
+
+    log, target = tmp_path / "child.log", tmp_path / "flushed"
+    result = run_in_child(write_file_at_exit, [str(target)], str(log), threads=1)
+    assert target.read_text() == "written at exit" and log.read_text() == "registered\n"
+    assert result["seconds"] > 0 and result["peak_rss_mb"] > 0
+

@@ -70,3 +70,25 @@ def test_wer_and_eer_items():
     assert 15 < eer < 30  # two Gaussians 1.5 sd apart: EER about 23 %
     lo, hi = run_interval(_run("sv_voxceleb1", "ladapter", 1, asv), resamples=200)
     assert lo < eer < hi and hi - lo < 6
+
+
+def test_closed_form_eer_equals_s3prl_s_brentq_eer():
+    """The bootstrap's EER is S3PRL's: random trial sets, with tied scores and perfect separation."""
+    from s3prl.downstream.sv_voxceleb1.utils import EER
+
+    from s3prl_adapters.tasks.speaker_verification import equal_error_rate
+
+    checked = 0
+    for seed in range(120):
+        rng = np.random.default_rng(seed)
+        labels = rng.integers(0, 2, int(rng.integers(4, 400)))
+        if labels.min() == labels.max():
+            continue
+        scores = rng.normal(size=labels.size) + labels * rng.uniform(0, 2)
+        if seed % 3 == 0:
+            scores = np.round(scores, 1)  # many ties
+        if seed % 7 == 0:
+            scores = labels * 1.0  # EER 0
+        assert abs(equal_error_rate(labels, scores) - EER(labels, scores)[0]) < 1e-9, seed
+        checked += 1
+    assert checked > 100

@@ -158,15 +158,13 @@ class SpeakerVerification(Task):
                 "scores": [float(score) for _, score in scored]}
 
     def score(self, items, index):
-        """EER in % (S3PRL's own EER: ROC, interpolated where miss = false-alarm rate)."""
+        """EER in % of the trials at `index` (equal_error_rate: S3PRL's definition)."""
         import numpy as np
-
-        from s3prl.downstream.sv_voxceleb1.utils import EER
 
         labels = np.asarray(items["labels"])[index]
         if labels.min() == labels.max():
             return float("nan")  # a resample without one of the labels has no EER
-        return 100.0 * float(EER(labels, np.asarray(items["scores"])[index])[0])
+        return 100.0 * equal_error_rate(labels, np.asarray(items["scores"])[index])
 
     # ---- inference ----------------------------------------------------------------------------------
 
@@ -237,3 +235,28 @@ def _prepare(args):
 
 
 TASK = SpeakerVerification()
+
+
+def equal_error_rate(labels, scores) -> float:
+    """The EER of S3PRL's `sv_voxceleb1.utils.EER`: where the ROC polyline (sklearn's roc_curve,
+    linear between its points) crosses miss rate = false-alarm rate. S3PRL finds that point with
+    brentq on an interp1d; along the polyline fpr + tpr only grows, so it is found here in closed
+    form on the first segment that reaches 1: the same value within 1e-9 (tested), ~1000x faster,
+    which the report's 1000-resample bootstrap needs."""
+    import numpy as np
+
+    labels = np.asarray(labels, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="mergesort")
+    ranked, positives = scores[order], labels[order]
+    last_of_each_score = np.r_[np.flatnonzero(np.diff(ranked)), ranked.size - 1]
+    tps = np.r_[0.0, np.cumsum(positives)[last_of_each_score]]
+    fps = np.r_[0.0, last_of_each_score + 1 - tps[1:]]
+    fpr, tpr = fps / fps[-1], tps / tps[-1]
+    reach = fpr + tpr
+    k = int(np.argmax(reach >= 1.0))
+    if reach[k] == 1.0 or k == 0:
+        return float(fpr[k])
+    t = (1.0 - reach[k - 1]) / (reach[k] - reach[k - 1])
+    return float(fpr[k - 1] + t * (fpr[k] - fpr[k - 1]))
+

@@ -19,6 +19,7 @@ from typing import Dict, List, Optional
 from s3prl_adapters.tasks import PAPER_TASKS, TASKS, make_mini_superb
 from s3prl_adapters.tasks.base import overrides_string
 from s3prl_adapters.tools.catalogue import CACHEABLE, METHODS, PREFIX_CACHEABLE
+from s3prl_adapters.tools.launch import run_downstream
 from s3prl_adapters.tools.report import write_reports
 from s3prl_adapters.errors import UserError
 
@@ -72,23 +73,6 @@ def checkpoint_facts(ckpt_path: str, backbone: str) -> dict:
         "checkpoint_bytes": os.path.getsize(ckpt_path),
         "layer_weights": [round(x, 5) for x in weights.softmax(-1).tolist()],
     }
-
-
-def _run_logged(cmd: List[str], log_path: str, stream: bool, env: dict) -> Dict[str, float]:
-    """Run a child, log its output, and return its wall time and peak RSS (from wait4)."""
-    start = time.time()
-    with open(log_path, "a") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-        for raw in iter(proc.stdout.readline, b""):
-            log.write(raw.decode(errors="replace"))
-            if stream:
-                sys.stderr.write(raw.decode(errors="replace"))
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        tail = open(log_path).read().strip().splitlines()[-1:] or ["?"]
-        raise UserError(f"{' '.join(cmd[:8])}... exited {proc.returncode}: {tail[0]} (log: {log_path})")
-    return {"seconds": time.time() - start, "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
 class Benchmark:
@@ -149,6 +133,40 @@ class Benchmark:
             make_mini_superb(self.mini_root, seed=0, tasks=missing)
 
     # ---- one run ----------------------------------------------------------------------------
+    def execute_all(self, runs: List[Run]) -> List[dict]:
+        """Every run, `--jobs` at a time, the longest first (so that the pool does not end with one
+        long run alone); the results in plan order."""
+        order = sorted(range(len(runs)), key=lambda i: -METHODS[runs[i].method].relative_cost)
+        fillers = self._prefix_fillers([runs[i] for i in order])
+        with ThreadPoolExecutor(max_workers=self.args.jobs) as pool:
+            futures = {i: pool.submit(self._execute_in_turn, runs[i], n + 1, len(runs), fillers)
+                       for n, i in enumerate(order)}
+            return [futures[i].result() for i in range(len(runs))]
+
+    def _prefix_fillers(self, ordered: List[Run]) -> Dict[str, tuple]:
+        """Per task, the first prefix-cached run in submission order and an event set when it ends.
+        A cached prefix keeps the padded batch and precision (float32 on a miss, float16 from disk) of
+        the run that computed it, so runs that raced to fill it would get results that depend on
+        timing; the others wait for this one, and every rerun of the benchmark gives the same table."""
+        if self.prefix_cache is None:
+            return {}
+        fillers = {}
+        for run in ordered:
+            if run.method in PREFIX_CACHEABLE and run.task not in fillers:
+                fillers[run.task] = (run, threading.Event())
+        return fillers
+
+    def _execute_in_turn(self, run: Run, index: int, total: int, fillers: Dict[str, tuple]) -> dict:
+        filler, filled = fillers.get(run.task, (None, None))
+        if filler is run:
+            try:
+                return self.execute(run, index, total)
+            finally:
+                filled.set()
+        if filled is not None and run.method in PREFIX_CACHEABLE:
+            filled.wait()  # the filler was submitted before this run, so it is running or done: no deadlock
+        return self.execute(run, index, total)
+
     def execute(self, run: Run, index: int, total: int) -> dict:
         a, task, method = self.args, TASKS[run.task], METHODS[run.method]
         result_path = os.path.join(run.expdir, "result.json")
@@ -163,7 +181,6 @@ class Benchmark:
             shutil.rmtree(run.expdir)
         os.makedirs(run.expdir, exist_ok=True)
         self._progress(index, total, run, "start")
-        launcher = os.path.join(os.path.dirname(sys.executable), "run_downstream.py")
         config = os.path.join(CONFIG_ROOT, run.task, "config.yaml" if a.full_configs else "mini.yaml")
         overrides = self.overrides(run.task)
         if run.fold:
@@ -174,7 +191,7 @@ class Benchmark:
             # A checkpoint halfway, so an interrupted run resumes from there.
             overrides += (f",,config.runner.total_steps={a.steps},,config.runner.eval_step={a.steps},,"
                           f"config.runner.save_step={max(1, a.steps // 2)},,config.runner.log_step={max(1, a.steps // 2)}")
-        train = [launcher, "-m", "train", "-u", method.upstream, "-k", self.backbone_path, "-d", run.task,
+        train = ["-m", "train", "-u", method.upstream, "-k", self.backbone_path, "-d", run.task,
                  "-c", config, "-p", run.expdir, "--seed", str(run.seed), "-a", "--device", a.device, "-o", overrides]
         if method.finetune:
             train.append("-f")
@@ -187,15 +204,14 @@ class Benchmark:
         prefix_cached = self.prefix_cache is not None and method.name in PREFIX_CACHEABLE
         if prefix_cached:
             train[train.index("-o") + 1] += f",,config.prefix_cache.dir='{self.prefix_cache}'"
-        env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
         stream = a.jobs == 1
-        trained = _run_logged(train, os.path.join(run.expdir, "train.log"), stream, env)
+        trained = run_downstream(train, os.path.join(run.expdir, "train.log"), a.threads, stream)
         ckpt = _checkpoint_to_evaluate(run.expdir)
         evaluate_log = os.path.join(run.expdir, "evaluate.log")
         if os.path.exists(evaluate_log):
             os.remove(evaluate_log)
-        _run_logged([launcher, "-m", "evaluate", "-e", ckpt, "-t", task.evaluated_split, "--device", a.device],
-                    evaluate_log, stream, env)
+        run_downstream(["-m", "evaluate", "-e", ckpt, "-t", task.evaluated_split, "--device", a.device],
+                       evaluate_log, a.threads, stream)
         with open(evaluate_log) as f:
             value = task.parse_metric(f.read())
         result = {
@@ -260,11 +276,7 @@ class Benchmark:
         print(f"[benchmark] {len(runs)} runs, backbone {self.backbone_path}, {self.args.jobs} at a time; "
               f"logs in {self.out}/runs/<task>/<method>/", file=sys.stderr)
         started = time.time()
-        # Longest runs first, so that the pool does not end with one long run alone; results keep plan order.
-        order = sorted(range(len(runs)), key=lambda i: -METHODS[runs[i].method].relative_cost)
-        with ThreadPoolExecutor(max_workers=self.args.jobs) as pool:
-            futures = {i: pool.submit(self.execute, runs[i], n + 1, len(runs)) for n, i in enumerate(order)}
-            results = [futures[i].result() for i in range(len(runs))]
+        results = self.execute_all(runs)
 
         write_reports(self.out, results, wall_seconds=time.time() - started, args=vars(self.args))
         return results
@@ -308,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    # before torch is imported anywhere: the runs' fork server inherits this environment
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
     import torch
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,105 @@
+"""`run_downstream.py` runs as child processes forked from one server process that has already
+imported torch and S3PRL (bridge/preload.py), so a run does not pay those imports again.
+
+Each child is what `run_downstream.py ARGS > LOG 2>&1` would be: its own process (own memory, own
+RNG and torch state, S3PRL's globals fresh), output appended to the log, exit status kept; it also
+runs the atexit handlers a plain interpreter runs at exit (the feature cache flushes its writes
+there), which multiprocessing's children skip otherwise."""
+
+import json
+import multiprocessing
+import os
+import sys
+import time
+from typing import Callable, Dict, List
+
+from s3prl_adapters.errors import UserError
+
+_CONTEXT = None
+
+
+def _context():
+    """The fork server, started on first use with this process's environment (threads included:
+    OpenMP reads OMP_NUM_THREADS when torch is first imported, which happens in the server)."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        _CONTEXT = multiprocessing.get_context("forkserver")
+        _CONTEXT.set_forkserver_preload(["s3prl_adapters.bridge.preload"])
+    return _CONTEXT
+
+
+def _launcher_main(argv: List[str]) -> None:
+    from s3prl_adapters.bridge.launcher import main
+
+    sys.argv = ["run_downstream.py"] + list(argv)
+    main(list(argv))
+
+
+def _child(entry: Callable[[List[str]], None], argv: List[str], log_path: str, threads: int, usage_path: str) -> None:
+    import atexit
+    import resource
+    import traceback
+
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    code = 0
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+        entry(argv)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:  # noqa: BLE001 -- reported in the log like an uncaught exception
+        traceback.print_exc()
+        code = 1
+    finally:
+        atexit._run_exitfuncs()
+        with open(usage_path, "w") as f:
+            json.dump({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, f)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
+def run_downstream(argv: List[str], log_path: str, threads: int, stream: bool = False) -> Dict[str, float]:
+    """`run_downstream.py *argv` in a forked child, output appended to `log_path` (and echoed to
+    stderr when `stream`); returns its wall seconds and peak RSS. A failed run raises UserError
+    with the log's last line."""
+    return run_in_child(_launcher_main, argv, log_path, threads, stream, name="run_downstream.py")
+
+
+def run_in_child(entry: Callable[[List[str]], None], argv: List[str], log_path: str, threads: int,
+                 stream: bool = False, name: str = "run") -> Dict[str, float]:
+    """`entry(argv)` (a module-level function) in a child forked from the server, as above."""
+    start = time.time()
+    usage_path = f"{log_path}.usage.json"
+    if os.path.exists(usage_path):
+        os.remove(usage_path)
+    open(log_path, "a").close()
+    offset = os.path.getsize(log_path)
+    process = _context().Process(target=_child, args=(entry, list(argv), log_path, threads, usage_path))
+    process.start()
+    while True:
+        process.join(0.5)
+        if stream:
+            with open(log_path, "rb") as f:
+                f.seek(offset)
+                new = f.read()
+            offset += len(new)
+            sys.stderr.write(new.decode(errors="replace"))
+        if process.exitcode is not None:
+            break
+    peak = 0.0
+    if os.path.exists(usage_path):
+        with open(usage_path) as f:
+            peak = json.load(f)["peak_rss_mb"]
+        os.remove(usage_path)
+    if process.exitcode != 0:
+        tail = open(log_path, errors="replace").read().strip().splitlines()[-1:] or ["?"]
+        raise UserError(f"{name} {' '.join(argv[:7])}... exited {process.exitcode}: {tail[0]} "
+                        f"(log: {log_path})")
+    return {"seconds": time.time() - start, "peak_rss_mb": peak}
