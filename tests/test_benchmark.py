@@ -217,3 +217,25 @@ def test_forked_runs_run_their_atexit_handlers(tmp_path):
     assert target.read_text() == "written at exit" and log.read_text() == "registered\n"
     assert result["seconds"] > 0 and result["peak_rss_mb"] > 0
 
+
+def test_which_runs_read_which_cache(tmp_path):
+    from s3prl_adapters.tools.benchmark import Benchmark, Run, build_parser
+
+    def caches(*flags):
+        bench = Benchmark(build_parser().parse_args(["-o", str(tmp_path), *flags]))
+        return {(t, m): bench.caches_of(Run(t, m, 1)) for t in ("fluent_commands", "sv_voxceleb1")
+                for m in ("frozen", "ladapter_only", "ladapter", "finetune")}
+
+    default = caches()
+    assert default[("fluent_commands", "frozen")] == (False, True)
+    assert default[("fluent_commands", "ladapter_only")] == (True, True)
+    assert default[("fluent_commands", "ladapter")] == (True, False)
+    assert default[("fluent_commands", "finetune")] == (False, False)
+    assert default[("sv_voxceleb1", "frozen")] == (False, False)  # random training crops: never a hit
+    real = caches("--fsc", str(tmp_path))  # a real corpus: states only where asked for (~3.6 GB/h on Base+)
+    assert real[("fluent_commands", "frozen")] == (False, False) and real[("fluent_commands", "ladapter")] == (True, False)
+    asked = caches("--fsc", str(tmp_path), "--feature-cache", str(tmp_path / "fc"))
+    assert asked[("fluent_commands", "frozen")] == (False, True)
+    off = caches("--no-prefix-cache", "--no-feature-cache")
+    assert set(off.values()) == {(False, False)}
+

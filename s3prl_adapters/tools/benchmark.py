@@ -14,7 +14,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from s3prl_adapters.tasks import PAPER_TASKS, TASKS, make_mini_superb
 from s3prl_adapters.tasks.base import overrides_string
@@ -89,7 +89,8 @@ class Benchmark:
         self.feature_cache = None if args.no_feature_cache else os.path.abspath(
             args.feature_cache or os.path.join(self.out, "feature_cache"))
         """Backbone states of the frozen methods (CACHEABLE), for tasks whose training files are read
-        whole: later epochs and the second dev evaluation skip the backbone."""
+        whole: later epochs and the second dev evaluation skip the backbone. By default only on the
+        stand-in corpora: states take ~12x the prefix's room (Base+: ~3.6 GB per hour of audio)."""
 
     # ---- setup ------------------------------------------------------------------------------
     def backbone(self) -> str:
@@ -142,6 +143,15 @@ class Benchmark:
             futures = {i: pool.submit(self._execute_in_turn, runs[i], n + 1, len(runs), fillers)
                        for n, i in enumerate(order)}
             return [futures[i].result() for i in range(len(runs))]
+
+    def caches_of(self, run: Run) -> Tuple[bool, bool]:
+        """Whether the run reads (prefix cache, feature cache)."""
+        a, task = self.args, TASKS[run.task]
+        prefix = self.prefix_cache is not None and run.method in PREFIX_CACHEABLE
+        # A recipe that crops a random window of each training file every epoch would only fill it.
+        feature = (self.feature_cache is not None and run.method in CACHEABLE and not task.random_train_crop
+                   and (a.feature_cache is not None or task.real_corpus(a) is None))
+        return prefix, feature
 
     def _prefix_fillers(self, ordered: List[Run]) -> Dict[str, tuple]:
         """Per task, the first prefix-cached run in submission order and an event set when it ends.
@@ -197,11 +207,9 @@ class Benchmark:
             train.append("-f")
         if method.upstream != "wavlm_local" and self.adapter_yaml:
             train += ["-g", self.adapter_yaml]
-        # A recipe that crops a random window of each training file every epoch would only fill it.
-        feature_cached = self.feature_cache is not None and method.name in CACHEABLE and not task.random_train_crop
+        prefix_cached, feature_cached = self.caches_of(run)
         if feature_cached:
             train[train.index("-o") + 1] += f",,config.feature_cache.dir='{self.feature_cache}'"
-        prefix_cached = self.prefix_cache is not None and method.name in PREFIX_CACHEABLE
         if prefix_cached:
             train[train.index("-o") + 1] += f",,config.prefix_cache.dir='{self.prefix_cache}'"
         stream = a.jobs == 1
@@ -294,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter-config", help="-g YAML for the adapter upstreams (default: paper sizes, scaled to the width)")
     p.add_argument("--feature-cache", metavar="DIR", help=f"where {list(CACHEABLE)} cache the backbone's states "
                    "(config feature_cache; later epochs skip the backbone; not for recipes that crop training "
-                   "files at random) (default: OUTPUT/feature_cache)")
+                   "files at random) (default: OUTPUT/feature_cache, for the stand-in corpora only)")
     p.add_argument("--no-feature-cache", action="store_true", help="the frozen methods run the backbone every step")
     p.add_argument("--prefix-cache", metavar="DIR", help=f"where {list(PREFIX_CACHEABLE)} cache the frozen prefix "
                    f"(CNN, its LayerNorm, the projection; config prefix_cache), one folder shared by every run "
