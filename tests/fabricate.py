@@ -47,3 +47,11 @@ def write_file_at_exit(argv):
     atexit.register(lambda: open(argv[0], "w").write("written at exit"))
     print("registered")
 
+
+
+def start_joblib_workers(argv):
+    """A child entry that leaves joblib worker processes behind, as S3PRL's sv recipe does (its
+    dataset measures file lengths with joblib.Parallel)."""
+    from joblib import Parallel, delayed
+
+    print(sum(Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(8))))

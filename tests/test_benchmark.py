@@ -239,3 +239,20 @@ def test_which_runs_read_which_cache(tmp_path):
     off = caches("--no-prefix-cache", "--no-feature-cache")
     assert set(off.values()) == {(False, False)}
 
+
+def test_a_forked_run_that_started_joblib_workers_still_exits(tmp_path):
+    """Interpreter exit order: threading's shutdown stops joblib's workers before multiprocessing's
+    atexit handler joins the child processes (the other way round it waits forever)."""
+    import threading
+
+    from fabricate import start_joblib_workers
+    from s3prl_adapters.tools.launch import run_in_child
+
+    log, done = tmp_path / "child.log", []
+    worker = threading.Thread(target=lambda: done.append(run_in_child(start_joblib_workers, [], str(log), threads=1)),
+                              daemon=True)
+    worker.start()
+    worker.join(120)
+    assert done, f"the child did not exit; its log: {log.read_text()[-500:]}"
+    assert log.read_text().strip() == "28"
+

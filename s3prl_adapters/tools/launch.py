@@ -3,8 +3,8 @@ imported torch and S3PRL (bridge/preload.py), so a run does not pay those import
 
 Each child is what `run_downstream.py ARGS > LOG 2>&1` would be: its own process (own memory, own
 RNG and torch state, S3PRL's globals fresh), output appended to the log, exit status kept; it also
-runs the atexit handlers a plain interpreter runs at exit (the feature cache flushes its writes
-there), which multiprocessing's children skip otherwise."""
+runs the exit hooks a plain interpreter runs, in its order (the feature cache flushes its writes
+there; joblib stops its workers), which multiprocessing's children skip otherwise."""
 
 import json
 import multiprocessing
@@ -38,6 +38,7 @@ def _launcher_main(argv: List[str]) -> None:
 def _child(entry: Callable[[List[str]], None], argv: List[str], log_path: str, threads: int, usage_path: str) -> None:
     import atexit
     import resource
+    import threading
     import traceback
 
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -57,6 +58,11 @@ def _child(entry: Callable[[List[str]], None], argv: List[str], log_path: str, t
         traceback.print_exc()
         code = 1
     finally:
+        # What an interpreter does at exit, in its order: first threading's shutdown (it joins
+        # non-daemon threads and runs the hooks libraries register there, e.g. joblib stopping its
+        # worker processes, which S3PRL's sv recipe starts), then the atexit handlers (ours flush
+        # the caches; multiprocessing's joins child processes, which would otherwise wait forever).
+        threading._shutdown()
         atexit._run_exitfuncs()
         with open(usage_path, "w") as f:
             json.dump({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, f)
