@@ -153,69 +153,65 @@ def test_a_killed_benchmark_resumes_bit_identically(tiny_ckpt, mini_corpus, tmp_
     assert results[0]["metric_value"] == results[1]["metric_value"]
 
 
-def test_runs_start_longest_first_and_wait_for_their_task_s_prefix_filler(tmp_path, monkeypatch):
-    """Prefix-cached runs of a task start only once the first of them (the one that fills the shared
-    cache) has ended, so no result depends on which run won a race; the rest run longest first."""
+def test_runs_start_longest_first_and_runs_sharing_a_cache_take_turns(tmp_path, monkeypatch):
+    """Runs that share a cache (a task's prefix cache; a frozen method's feature cache) never run at
+    the same time and start in submission order, so which entries a run computes itself does not
+    depend on timing; the others run `--jobs` at a time, longest first; a failure ends only its run."""
     import threading
     import time
 
     from s3prl_adapters.tools.benchmark import Benchmark, build_parser
-    from s3prl_adapters.tools.catalogue import METHODS, PREFIX_CACHEABLE
+    from s3prl_adapters.tools.catalogue import METHODS
 
     args = build_parser().parse_args(["--tasks", "fluent_commands", "emotion", "--methods", "frozen", "ladapter",
-                                      "eadapter", "houlsby", "finetune", "-o", str(tmp_path), "--jobs", "2"])
+                                      "eadapter", "houlsby", "finetune", "--seeds", "1", "2", "-o", str(tmp_path),
+                                      "--jobs", "3"])
     bench = Benchmark(args)
     runs = bench.plan()
     events, lock = [], threading.Lock()
 
     def fake_execute(run, index, total):
         with lock:
-            events.append(("start", run.task, run.method, index))
-        time.sleep(0.05 if run.method != "houlsby" else 0.3)  # a slow filler: the others would overtake it
+            events.append(("start", run.label, index))
+        time.sleep(0.02 if run.method != "houlsby" else 0.2)  # a slow first run: the others would overtake it
         with lock:
-            events.append(("end", run.task, run.method, index))
-        return {"task": run.task, "method": run.method}
+            events.append(("end", run.label, index))
+        if run.label == "emotion/finetune/seed2/fold1":
+            raise UserError("this run failed")
+        return {"label": run.label}
 
     monkeypatch.setattr(bench, "execute", fake_execute)
-    results = bench.execute_all(runs)
-    assert [(r["task"], r["method"]) for r in results] == [(r.task, r.method) for r in runs]  # plan order
-    starts = sorted((e for e in events if e[0] == "start"), key=lambda e: e[3])
-    costs = [METHODS[e[2]].relative_cost for e in starts]
-    assert costs == sorted(costs, reverse=True) and starts[0][2] == "finetune"
-    for task in ("fluent_commands", "emotion"):
-        filler_end = events.index(("end", task, "houlsby", next(e[3] for e in starts if e[1:3] == (task, "houlsby"))))
-        for i, e in enumerate(events):
-            if e[0] == "start" and e[1] == task and e[2] in PREFIX_CACHEABLE and e[2] != "houlsby":
-                assert i > filler_end, (task, e[2])
-    # without the prefix cache nobody waits: the fast runs overtake the slow houlsby ones
+    with pytest.raises(UserError, match="this run failed"):
+        bench.execute_all(runs)
+    assert len([e for e in events if e[0] == "end"]) == len(runs)  # every other run still ran
+    by_label = {r.label: r for r in runs}
+    starts = sorted((e for e in events if e[0] == "start"), key=lambda e: e[2])
+    costs = [METHODS[by_label[e[1]].method].relative_cost for e in starts]
+    assert costs == sorted(costs, reverse=True) and by_label[starts[0][1]].method == "finetune"
+    checked = 0
+    for run in runs:
+        for other in runs:
+            shared = bench.cache_chains(run) & bench.cache_chains(other)
+            if run is other or not shared:
+                continue
+            checked += 1
+            s1, s2 = (events.index(next(e for e in events if e[:2] == ("start", r.label))) for r in (run, other))
+            e1 = events.index(next(e for e in events if e[:2] == ("end", run.label)))
+            first_index = next(e[2] for e in starts if e[1] == run.label)
+            other_index = next(e[2] for e in starts if e[1] == other.label)
+            if first_index < other_index:  # the earlier one in submission order ends before the other starts
+                assert s1 < e1 < s2, (run.label, other.label)
+    assert checked >= 2 * 16  # per task: houlsby, ladapter, eadapter x 2 seeds share the prefix cache, ...
+    assert max(sum(1 for e in events[:k] if e[0] == "start") - sum(1 for e in events[:k] if e[0] == "end")
+               for k in range(len(events))) >= 2  # runs of different chains do overlap
+    # without the caches nothing waits: the fast runs overtake the slow houlsby one
     events.clear()
     bench = Benchmark(build_parser().parse_args(["--tasks", "fluent_commands", "--methods", "houlsby", "ladapter",
                                                  "eadapter", "-o", str(tmp_path), "--jobs", "2", "--no-prefix-cache"]))
     monkeypatch.setattr(bench, "execute", fake_execute)
-    bench.execute_all(bench.plan())
-    assert events.index(("end", "fluent_commands", "ladapter", 2)) < events.index(("end", "fluent_commands", "houlsby", 1))
-
-
-def test_a_failing_run_raises_one_line_naming_its_log(tmp_path):
-    from s3prl_adapters.tools.launch import run_downstream
-
-    log = tmp_path / "train.log"
-    log.write_text("earlier attempt\n")
-    with pytest.raises(UserError, match=r"exited 2: run_downstream.py: error: -e /no/such.ckpt: no such checkpoint .*"
-                                        + re.escape(f"(log: {log})")):
-        run_downstream(["-m", "evaluate", "-e", "/no/such.ckpt"], str(log), threads=1)
-    assert log.read_text().startswith("earlier attempt\n")  # appended, as a resumed run's log
-
-
-def test_forked_runs_run_their_atexit_handlers(tmp_path):
-    """The feature and prefix caches flush queued writes at exit; a multiprocessing child would skip that."""
-    from fabricate import write_file_at_exit
-    from s3prl_adapters.tools.launch import run_in_child
-
-    log, target = tmp_path / "child.log", tmp_path / "flushed"
-    result = run_in_child(write_file_at_exit, [str(target)], str(log), threads=1)
-    assert target.read_text() == "written at exit" and log.read_text() == "registered\n"
-    assert result["seconds"] > 0 and result["peak_rss_mb"] > 0
+    assert [r["label"] for r in bench.execute_all(bench.plan())] == [r.label for r in bench.plan()]  # plan order
+    assert events.index(("end", "fluent_commands/ladapter/seed1337", 2)) < events.index(
+        ("end", "fluent_commands/houlsby/seed1337", 1))
 
 
 def test_which_runs_read_which_cache(tmp_path):

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -136,13 +135,50 @@ class Benchmark:
     # ---- one run ----------------------------------------------------------------------------
     def execute_all(self, runs: List[Run]) -> List[dict]:
         """Every run, `--jobs` at a time, the longest first (so that the pool does not end with one
-        long run alone); the results in plan order."""
+        long run alone), except that runs sharing a cache run one after another in that order
+        (cache_chains); the results in plan order. A failed run does not stop the others; the first
+        failure (in plan order) is raised once all have ended."""
         order = sorted(range(len(runs)), key=lambda i: -METHODS[runs[i].method].relative_cost)
-        fillers = self._prefix_fillers([runs[i] for i in order])
-        with ThreadPoolExecutor(max_workers=self.args.jobs) as pool:
-            futures = {i: pool.submit(self._execute_in_turn, runs[i], n + 1, len(runs), fillers)
-                       for n, i in enumerate(order)}
-            return [futures[i].result() for i in range(len(runs))]
+        position = {i: n + 1 for n, i in enumerate(order)}
+        chains = {i: self.cache_chains(runs[i]) for i in order}
+        pending, busy, outcomes = list(order), set(), {}
+        ready = threading.Condition()
+
+        def next_runnable():
+            blocked = set()  # chains whose earlier run is still pending: later runs keep their turn
+            for i in pending:
+                if not chains[i] & (busy | blocked):
+                    return i
+                blocked |= chains[i]
+            return None
+
+        def worker():
+            while True:
+                with ready:
+                    while pending and (i := next_runnable()) is None:
+                        ready.wait()
+                    if not pending:
+                        return
+                    pending.remove(i)
+                    busy.update(chains[i])
+                try:
+                    outcomes[i] = (True, self.execute(runs[i], position[i], len(runs)))
+                except BaseException as e:  # noqa: BLE001 -- re-raised below, after the other runs
+                    outcomes[i] = (False, e)
+                with ready:
+                    busy.difference_update(chains[i])
+                    ready.notify_all()
+
+        threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, self.args.jobs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for i in range(len(runs)):
+            ok, value = outcomes[i]
+            if not ok:
+                raise value
+        return [outcomes[i][1] for i in range(len(runs))]
 
     def caches_of(self, run: Run) -> Tuple[bool, bool]:
         """Whether the run reads (prefix cache, feature cache)."""
@@ -153,29 +189,16 @@ class Benchmark:
                    and (a.feature_cache is not None or task.real_corpus(a) is None))
         return prefix, feature
 
-    def _prefix_fillers(self, ordered: List[Run]) -> Dict[str, tuple]:
-        """Per task, the first prefix-cached run in submission order and an event set when it ends.
-        A cached prefix keeps the padded batch and precision (float32 on a miss, float16 from disk) of
-        the run that computed it, so runs that raced to fill it would get results that depend on
-        timing; the others wait for this one, and every rerun of the benchmark gives the same table."""
-        if self.prefix_cache is None:
-            return {}
-        fillers = {}
-        for run in ordered:
-            if run.method in PREFIX_CACHEABLE and run.task not in fillers:
-                fillers[run.task] = (run, threading.Event())
-        return fillers
-
-    def _execute_in_turn(self, run: Run, index: int, total: int, fillers: Dict[str, tuple]) -> dict:
-        filler, filled = fillers.get(run.task, (None, None))
-        if filler is run:
-            try:
-                return self.execute(run, index, total)
-            finally:
-                filled.set()
-        if filled is not None and run.method in PREFIX_CACHEABLE:
-            filled.wait()  # the filler was submitted before this run, so it is running or done: no deadlock
-        return self.execute(run, index, total)
+    def cache_chains(self, run: Run) -> frozenset:
+        """The caches a run shares with others: the task's prefix cache (every prefix-cached method,
+        seed and fold of the task), and a frozen method's feature cache (its seeds and folds). An
+        entry keeps the padded batch and the precision (float32 when computed, float16 from disk) of
+        the run that computed it, and a run computes what earlier runs have not, so two runs of one
+        chain at the same time would give results that depend on timing; one after the other, in a
+        fixed order, every invocation gives the same table."""
+        prefix, feature = self.caches_of(run)
+        return frozenset(([("prefix", run.task)] if prefix else [])
+                         + ([("feature", run.task, run.method)] if feature else []))
 
     def execute(self, run: Run, index: int, total: int) -> dict:
         a, task, method = self.args, TASKS[run.task], METHODS[run.method]

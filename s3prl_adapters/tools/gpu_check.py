@@ -48,7 +48,7 @@ class GpuCheck:
             Step("bench", f"s3prl-adapters bench --device cuda --shape base_plus --steps {args.bench_steps} "
                           f"--warmup 2 --json (every row: float32, bf16, fp16)", GpuCheck.bench),
             Step("standins", f"make-mini-superb, then run_benchmarks.sh --steps {args.steps} --device cuda --jobs "
-                             f"{args.jobs} (6 methods x 4 tasks on the embedded tiny backbone)", GpuCheck.standins),
+                             f"{args.jobs} (7 methods x 4 tasks on the embedded tiny backbone)", GpuCheck.standins),
             Step("fp16_resume", f"run_downstream.py IC, -g autocast: float16, {args.fp16_steps} steps: uninterrupted vs SIGKILL after "
                                 "the first checkpoint + -e resume (GradScaler state, final tensors)", GpuCheck.fp16_resume),
             Step("nccl_ddp", "torchrun --nproc_per_node <GPUs> run_downstream.py -d emotion --backend nccl --device cuda, "
