@@ -49,6 +49,11 @@ ROWS = [  # (name, upstream, stock -f, adapter settings (-g) or the feature cach
     # checkpointing that keeps only fc2's output per layer (the most recomputation saved per byte kept)
     ("ladapter+ffn_output", "wavlm_ladapter", False, {"checkpoint_activations": "ffn_output"}),
     ("ladapter+prefix+ffn_output", "wavlm_ladapter", False, {"prefix_cache": True, "checkpoint_activations": "ffn_output"}),
+    # the three cost switches together (bf16 where the CPU or GPU has a bf16 unit)
+    ("ladapter+prefix+ckpt+bf16", "wavlm_ladapter", False,
+     {"prefix_cache": True, "checkpoint_activations": True, "autocast": "bfloat16"}),
+    ("ladapter+prefix+selective+bf16", "wavlm_ladapter", False,
+     {"prefix_cache": True, "checkpoint_activations": "selective", "autocast": "bfloat16"}),
     ("ladapter+bf16(all)", "wavlm_ladapter", False, {"autocast": "bfloat16", "adapters_in_float32": False}),
     ("ladapter+prefix+bf16", "wavlm_ladapter", False, {"prefix_cache": True, "autocast": "bfloat16"}),
     ("frozen+cache", "wavlm_local", False, {"feature_cache": True}),
