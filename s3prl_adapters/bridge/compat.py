@@ -88,7 +88,7 @@ class _LazyHub(types.ModuleType):
 
     def __dir__(self):
         # S3PRL's argument parser lists dir(hub) in its -u help text at every start: answer from the
-        # hubconfs' source (their top-level functions) instead of importing all 36 families for it.
+        # hubconfs' source (their top-level definitions and imports) instead of importing all 36 families.
         real = self.__dict__.get("_real_hub")
         if real is not None:
             return dir(real)

@@ -241,8 +241,8 @@ def equal_error_rate(labels, scores) -> float:
     """The EER of S3PRL's `sv_voxceleb1.utils.EER`: where the ROC polyline (sklearn's roc_curve,
     linear between its points) crosses miss rate = false-alarm rate. S3PRL finds that point with
     brentq on an interp1d; along the polyline fpr + tpr only grows, so it is found here in closed
-    form on the first segment that reaches 1: the same value within 1e-9 (tested), ~1000x faster,
-    which the report's 1000-resample bootstrap needs."""
+    form on the first segment that reaches 1: the same value within 1e-9 (tested), ~12x faster per
+    call on 2,000 trials, which the report's 1000-resample bootstrap repeats 14,000 times."""
     import numpy as np
 
     labels = np.asarray(labels, dtype=np.float64)
