@@ -153,10 +153,10 @@ def test_a_killed_benchmark_resumes_bit_identically(tiny_ckpt, mini_corpus, tmp_
     assert results[0]["metric_value"] == results[1]["metric_value"]
 
 
-def test_runs_start_longest_first_and_runs_sharing_a_cache_take_turns(tmp_path, monkeypatch):
-    """Runs that share a cache (a task's prefix cache; a frozen method's feature cache) never run at
-    the same time and start in submission order, so which entries a run computes itself does not
-    depend on timing; the others run `--jobs` at a time, longest first; a failure ends only its run."""
+def test_runs_start_longest_first_and_a_failure_ends_only_its_run(tmp_path, monkeypatch):
+    """`--jobs` runs at a time, the longest first; results come back in plan order; a failed run does
+    not stop the others and is raised once they have ended. Runs that share a cache overlap: an entry's
+    value does not depend on which run computed it (tests/test_feature_cache.py, test_prefix_cache.py)."""
     import threading
     import time
 
@@ -173,7 +173,7 @@ def test_runs_start_longest_first_and_runs_sharing_a_cache_take_turns(tmp_path, 
     def fake_execute(run, index, total):
         with lock:
             events.append(("start", run.label, index))
-        time.sleep(0.02 if run.method != "houlsby" else 0.2)  # a slow first run: the others would overtake it
+        time.sleep(0.02)
         with lock:
             events.append(("end", run.label, index))
         if run.label == "emotion/finetune/seed2/fold1":
@@ -188,30 +188,12 @@ def test_runs_start_longest_first_and_runs_sharing_a_cache_take_turns(tmp_path, 
     starts = sorted((e for e in events if e[0] == "start"), key=lambda e: e[2])
     costs = [METHODS[by_label[e[1]].method].relative_cost for e in starts]
     assert costs == sorted(costs, reverse=True) and by_label[starts[0][1]].method == "finetune"
-    checked = 0
-    for run in runs:
-        for other in runs:
-            shared = bench.cache_chains(run) & bench.cache_chains(other)
-            if run is other or not shared:
-                continue
-            checked += 1
-            s1, s2 = (events.index(next(e for e in events if e[:2] == ("start", r.label))) for r in (run, other))
-            e1 = events.index(next(e for e in events if e[:2] == ("end", run.label)))
-            first_index = next(e[2] for e in starts if e[1] == run.label)
-            other_index = next(e[2] for e in starts if e[1] == other.label)
-            if first_index < other_index:  # the earlier one in submission order ends before the other starts
-                assert s1 < e1 < s2, (run.label, other.label)
-    assert checked >= 2 * 16  # per task: houlsby, ladapter, eadapter x 2 seeds share the prefix cache, ...
-    assert max(sum(1 for e in events[:k] if e[0] == "start") - sum(1 for e in events[:k] if e[0] == "end")
-               for k in range(len(events))) >= 2  # runs of different chains do overlap
-    # without the caches nothing waits: the fast runs overtake the slow houlsby one
+    running = [sum(1 for e in events[:k] if e[0] == "start") - sum(1 for e in events[:k] if e[0] == "end")
+               for k in range(len(events) + 1)]
+    assert max(running) == 3  # --jobs 3, prefix-cached runs of one task included
     events.clear()
-    bench = Benchmark(build_parser().parse_args(["--tasks", "fluent_commands", "--methods", "houlsby", "ladapter",
-                                                 "eadapter", "-o", str(tmp_path), "--jobs", "2", "--no-prefix-cache"]))
-    monkeypatch.setattr(bench, "execute", fake_execute)
-    assert [r["label"] for r in bench.execute_all(bench.plan())] == [r.label for r in bench.plan()]  # plan order
-    assert events.index(("end", "fluent_commands/ladapter/seed1337", 2)) < events.index(
-        ("end", "fluent_commands/houlsby/seed1337", 1))
+    monkeypatch.setattr(bench, "execute", lambda run, index, total: {"label": run.label})
+    assert [r["label"] for r in bench.execute_all(runs)] == [r.label for r in runs]  # plan order
 
 
 def test_which_runs_read_which_cache(tmp_path):

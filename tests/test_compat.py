@@ -2,6 +2,9 @@
 
 import subprocess
 import sys
+from collections import defaultdict
+
+import pytest
 
 from conftest import tool
 from test_runner import OVERRIDES
@@ -206,6 +209,45 @@ def test_sv_expert_cuda_calls_follow_the_features_device():
     finally:
         DownstreamExpert.forward = original
     assert seen == [torch.device("meta")]
+
+
+def test_sv_dev_split_is_scored_on_its_own_trials(tmp_path):
+    """The ASV expert scores 'dev' with the test trial list; with the workaround it scores the dev
+    split's embeddings on the dev trial list (and 'test' still on the test list)."""
+    from types import SimpleNamespace
+
+    import torch
+    from tensorboardX import SummaryWriter  # what S3PRL's runner logs with
+
+    from s3prl.downstream.sv_voxceleb1.expert import DownstreamExpert
+    from s3prl.downstream.sv_voxceleb1.utils import EER
+
+    from s3prl_adapters.bridge.compat import sv_dev_scoring_reads_the_test_trials
+
+    def expert():
+        def vec(*v):
+            return torch.nn.functional.normalize(torch.tensor(v, dtype=torch.float), dim=-1)
+
+        dev = [["1", "d/a/1.wav", "d/a/2.wav"], ["0", "d/a/1.wav", "d/b/1.wav"]]
+        test = [["1", "t/x/1.wav", "t/x/2.wav"], ["0", "t/x/1.wav", "t/y/1.wav"]]
+        return SimpleNamespace(dev_dataset=SimpleNamespace(pair_table=dev), test_dataset=SimpleNamespace(pair_table=test),
+                               score_fn=torch.nn.CosineSimilarity(dim=-1), eval_metric=EER, best_score=torch.ones(1) * 100,
+                               expdir=str(tmp_path)), {"d/a/1.wav": vec(1, 0), "d/a/2.wav": vec(1, 0.1),
+                                                       "d/b/1.wav": vec(0, 1)}
+
+    logger = SummaryWriter(str(tmp_path / "tb"))
+    original = DownstreamExpert.log_records
+    self, embeddings = expert()
+    with pytest.raises(Exception):  # stock: the test trials' files are not among the dev embeddings
+        original(self, "dev", defaultdict(list, embeddings), logger, 1)
+    try:
+        sv_dev_scoring_reads_the_test_trials()
+        self, embeddings = expert()
+        assert DownstreamExpert.log_records(self, "dev", defaultdict(list, embeddings), logger, 1) == ["dev-best.ckpt"]
+        assert float(self.best_score) == 0.0 and self.test_dataset.pair_table[0][1] == "t/x/1.wav"  # restored
+        assert open(tmp_path / "dev_predict.txt").read().split("\n")[0].startswith("d-a-1_d-a-2 ")
+    finally:
+        DownstreamExpert.log_records = original
 
 
 def test_lazy_hub_imports_only_what_the_run_uses_and_still_resolves_every_upstream():

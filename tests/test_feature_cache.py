@@ -35,26 +35,67 @@ def l_only(tiny_ckpt):
     return hubconf.wavlm_ladapter_only(ckpt=tiny_ckpt).train()
 
 
-def test_cache_gives_the_same_loss_and_gradients(l_only, tmp_path):
+def _alone(expert, wav):
+    """The states the L-adapters read for one utterance computed alone, without any cache."""
+    source, expert.state_source = expert.state_source, None
+    try:
+        with torch.no_grad():
+            return [s[0] for s in expert._l_adapter_inputs([wav])]
+    finally:
+        expert.state_source = source
+
+
+def test_training_entries_do_not_depend_on_batch_or_on_who_computed_them(l_only, tmp_path):
+    """A training entry is the utterance computed alone, rounded to float16, and the miss that computes
+    it serves exactly what a later hit reads: what a run trains on does not depend on its batch-mates
+    or on whether it or an earlier run filled the cache. Loss and gradients stay close to the uncached
+    computation of a batch without padding."""
     wavs = _wavs(1)
-    want_loss, want = _loss_and_grads(l_only, wavs)
+    alone = [_alone(l_only, w) for w in wavs]
     cache = attach_feature_cache(l_only, FeatureCacheConfig(dir=str(tmp_path)))
-
-    first_loss, first = _loss_and_grads(l_only, wavs)  # all misses: computed exactly as without the cache
-    assert (cache.hits, cache.misses) == (0, 3)
-    assert torch.equal(first_loss, want_loss) and all(torch.equal(first[k], want[k]) for k in want)
-
-    hit_loss, hit = _loss_and_grads(l_only, wavs)  # all hits: the float16 copies
+    miss_loss, miss = _loss_and_grads(l_only, wavs)
+    hit_loss, hit = _loss_and_grads(l_only, wavs)
     assert (cache.hits, cache.misses) == (3, 3)
-    assert torch.allclose(hit_loss, want_loss, rtol=1e-3)
-    for k in want:
-        assert torch.allclose(hit[k], want[k], rtol=1e-2, atol=1e-3 * want[k].abs().max()), k
+    assert torch.equal(miss_loss, hit_loss) and all(torch.equal(miss[k], hit[k]) for k in miss)
+    for wav, states in zip(wavs, alone):
+        entry = cache.get(cache.key(wav))
+        assert all(torch.equal(e, s.half()) for e, s in zip(entry, states))
 
-    mixed = [wavs[2], _wavs(2, (11000,))[0], wavs[0]]  # hits and a miss in one batch, reordered
-    loss, _ = _loss_and_grads(l_only, mixed)
+    # Another run (its own memory-only cache) meets the utterance among other neighbours: same entry.
+    other = attach_feature_cache(l_only, FeatureCacheConfig(max_memory_mb=64))
+    with torch.no_grad():
+        l_only([_wavs(2, (21000,))[0], wavs[2], _wavs(3, (5000,))[0]])
+    assert all(torch.equal(a, b) for a, b in zip(other.get(other.key(wavs[2])), cache.get(cache.key(wavs[2]))))
+
+    same_length = _wavs(4, (12000, 12000))  # no padding: only the float16 rounding differs
     l_only.state_source = None
-    plain_loss, _ = _loss_and_grads(l_only, mixed)
-    assert torch.allclose(loss, plain_loss, rtol=1e-2)
+    want_loss, want = _loss_and_grads(l_only, same_length)
+    attach_feature_cache(l_only, FeatureCacheConfig())
+    loss, grads = _loss_and_grads(l_only, same_length)
+    assert torch.allclose(loss, want_loss, rtol=1e-3)
+    for k in want:
+        assert torch.allclose(grads[k], want[k], rtol=1e-2, atol=1e-3 * want[k].abs().max()), k
+
+
+def test_evaluation_entries_are_bit_identical_to_computing_alone(l_only, tmp_path):
+    """While the runner evaluates (`exact`), entries are stored as computed: a batch-1 pass through the
+    cache, miss or hit, equals a batch-1 pass without it bit for bit; the float16 training entries of
+    the same utterances are never served there."""
+    wavs = _wavs(5)
+    l_only.eval()
+    with torch.no_grad():
+        want = [l_only([w])["hidden_states"] for w in wavs]
+    cache = attach_feature_cache(l_only, FeatureCacheConfig(dir=str(tmp_path)))
+    with torch.no_grad():
+        l_only(wavs)  # training-tier entries of the same utterances
+        cache.exact = True
+        for _ in range(2):
+            for w, expected in zip(wavs, want):
+                got = l_only([w])["hidden_states"]
+                assert all(torch.equal(g, e) for g, e in zip(got, expected))
+    assert (cache.hits, cache.misses) == (3, 6)  # the exact tier missed once per utterance, then hit
+    names = sorted(os.listdir(next(tmp_path.iterdir())))
+    assert len(names) == 6 and sum(n.endswith(".exact.pt") for n in names) == 3
 
 
 def test_cache_misses_when_backbone_or_audio_changes(l_only, tiny_ckpt, tmp_path):

@@ -185,6 +185,32 @@ def sv_expert_hardcodes_cuda() -> None:
     cls.forward = forward
 
 
+def sv_dev_scoring_reads_the_test_trials() -> None:
+    """The ASV expert embeds the dev split's files (its dev trial list, `datarc.dev_meta_data`) but
+    scores them against the *test* trial list (`self.test_dataset.pair_table` for 'dev' and 'test'
+    alike): the lookups of test files among dev embeddings fail, so the recipe cannot select a
+    checkpoint on dev. While it scores 'dev', hand it the dev trial list."""
+    from s3prl.downstream.sv_voxceleb1 import expert
+
+    cls = expert.DownstreamExpert
+    if getattr(cls.log_records, "_s3prl_adapters_patch", False):
+        return
+    original = cls.log_records
+
+    def log_records(self, mode, *args, **kwargs):
+        if mode != "dev":
+            return original(self, mode, *args, **kwargs)
+        test = self.test_dataset
+        self.test_dataset = self.dev_dataset  # the one attribute its scoring reads the trials from
+        try:
+            return original(self, mode, *args, **kwargs)
+        finally:
+            self.test_dataset = test
+
+    log_records._s3prl_adapters_patch = True
+    cls.log_records = log_records
+
+
 def cache_root() -> str:
     return os.environ.get("S3PRL_ADAPTERS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "s3prl-adapters"))
 

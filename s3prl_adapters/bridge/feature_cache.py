@@ -3,15 +3,20 @@
 Only for methods whose backbone is entirely frozen and deterministic: stock `wavlm_local` without
 `-f` (the frozen weighted sum) and `wavlm_ladapter_only` (the L-adapters read cached layer outputs).
 Enabled by a `feature_cache:` section of the downstream config, e.g. `-o config.feature_cache.dir=PATH`.
+The prefix cache (`prefix_cache:`) is the same store holding one tensor per utterance: the frozen
+prefix (method/prefix.py), for every adapter method.
 
 Entries are per utterance, keyed by a hash of the backbone's weights (plus what else changes its
 output: which states, autocast dtype) and of the waveform's samples, so a changed backbone or
-changed audio never hits a stale entry. States are stored as float16, trimmed to the frames
-S3PRL's Featurizer keeps (round(samples / downsample rate)). A miss is computed in a batch of the
-missing utterances and returned at full precision, so a first epoch is unchanged; later epochs
-see the float16 copies. Note that WavLM's CNN normalises over the padded batch, so an
-utterance's states depend slightly on its batch-mates; the cache keeps those of the batch it was
-first seen in."""
+changed audio never hits a stale entry. Every entry is computed from the utterance alone (a batch
+of one): WavLM's CNN normalises over the padded batch, so an entry computed inside a batch would
+depend on its batch-mates, and through them on which run computed it first. Two tiers, keyed apart:
+- training (the default): stored as float16 and served as stored on a miss too, so a run trains on
+  the same values whether it or an earlier run computed them;
+- evaluation (`exact`, set by the runner while it evaluates): stored as computed (float32), so a
+  read is bit-identical to computing the utterance alone, which is what a batch-1 evaluation and
+  `s3prl-adapters predict` compute. Evaluation never reads the lossy training tier.
+States are trimmed to the frames S3PRL's Featurizer keeps (round(samples / downsample rate))."""
 
 import atexit
 import hashlib
@@ -119,7 +124,8 @@ def _is_stale_tmp(name: str) -> bool:
 
 
 class FeatureCache:
-    """Per-utterance float16 states: a bounded LRU in memory over a bounded folder on disk.
+    """Per-utterance states (two tiers, module docstring): a bounded LRU in memory over a bounded
+    folder on disk.
 
     Disk writes go through a bounded queue to one background thread (temp file + rename), so the
     training loop does not wait on the disk; it waits only when `_MAX_PENDING` entries are queued.
@@ -146,6 +152,8 @@ class FeatureCache:
             os.makedirs(self.folder, exist_ok=True)
             self._disk_bytes = self._count_and_clean(config.dir)
         self.hits = self.misses = 0
+        self.exact = False
+        """Serve the exact tier (the runner sets it while it evaluates); otherwise the training tier."""
 
     def _count_and_clean(self, root: str) -> int:
         """Bytes of the entries under `root` (every backbone); removes killed runs' temporary files."""
@@ -184,18 +192,25 @@ class FeatureCache:
             return states
         return None
 
-    def put(self, key: str, states: List[torch.Tensor]) -> None:
-        states = [s.detach().to("cpu", torch.float16).contiguous() for s in states]
+    def key(self, wav: torch.Tensor) -> str:
+        """The entry's name: the waveform's hash, in the tier `exact` selects."""
+        return waveform_key(wav) + (".exact" if self.exact else "")
+
+    def put(self, key: str, states: List[torch.Tensor]) -> List[torch.Tensor]:
+        """Store one utterance's states (float16, or as computed in the exact tier); returns what is
+        stored, which is what every later read returns."""
+        states = [s.detach().to("cpu", s.dtype if self.exact else torch.float16, copy=True).contiguous()
+                  for s in states]
         self._remember(key, states)
         if not self.folder or self.disk_error:
-            return
+            return states
         buffer = io.BytesIO()  # serialised here (a memory copy), so the bound counts exact file sizes
         torch.save(states, buffer)
         data = buffer.getvalue()
         size = len(data)
         with self._lock:
             if key in self._pending or self._disk_bytes + self._pending_bytes + size > self.config.max_disk_mb * 2**20:
-                return
+                return states
             self._pending[key] = states
             self._pending_bytes += size
         if self._writer is None:
@@ -203,6 +218,7 @@ class FeatureCache:
             self._writer.start()
             atexit.register(self.flush)  # queued entries reach the disk before the interpreter exits
         self._queue.put((key, data))  # blocks only while _MAX_PENDING writes are queued
+        return states
 
     def _write_queued(self) -> None:
         while True:
@@ -242,35 +258,29 @@ class FeatureCache:
             _, evicted = self._memory.popitem(last=False)
             self._memory_bytes -= _nbytes(evicted)
 
+    def served(self, wav: torch.Tensor, compute: Callable[[], List[torch.Tensor]]) -> List[torch.Tensor]:
+        """One utterance's entry: read, or computed by `compute()` (the utterance alone) and stored."""
+        key = self.key(wav)
+        states = self.get(key)
+        if states is None:
+            self.misses += 1
+            return self.put(key, compute())
+        self.hits += 1
+        return states
+
     def states(self, wavs: List[torch.Tensor],
                compute: Callable[[List[torch.Tensor]], List[torch.Tensor]]) -> List[torch.Tensor]:
-        """`compute(wavs)` -> padded (B, T, C) states, served from the cache where possible."""
-        keys = [waveform_key(w) for w in wavs]
-        cached = [self.get(k) for k in keys]
-        missing = [i for i, c in enumerate(cached) if c is None]
-        self.hits += len(wavs) - len(missing)
-        self.misses += len(missing)
-        if len(missing) == len(wavs):
-            computed = compute(wavs)
-            self._store(keys, wavs, computed)
-            return computed
-        dtype = torch.float32
-        if missing:
-            computed = compute([wavs[i] for i in missing])
-            dtype = computed[0].dtype
-            for i, states in zip(missing, self._store([keys[i] for i in missing], [wavs[i] for i in missing], computed)):
-                cached[i] = states
-        device = wavs[0].device
-        return [pad_sequence([c[n].to(device, dtype) for c in cached], batch_first=True) for n in range(len(cached[0]))]
-
-    def _store(self, keys, wavs, computed) -> List[List[torch.Tensor]]:
-        """Store row b of every padded state, trimmed to the frames the Featurizer keeps."""
-        rows = []
-        for b, (key, wav) in enumerate(zip(keys, wavs)):
+        """`compute(wavs)` -> padded (B, T, C) states, served from the cache: each utterance's entry, a miss
+        computed alone (`compute([wav])`), trimmed to the frames the Featurizer keeps; float32 out."""
+        def alone(wav):
+            computed = compute([wav])
             frames = min(computed[0].size(1), round(len(wav) / self.downsample_rate))
-            rows.append([s[b, :frames] for s in computed])
-            self.put(key, rows[-1])
-        return rows
+            return [s[0, :frames] for s in computed]
+
+        rows = [self.served(wav, lambda wav=wav: alone(wav)) for wav in wavs]
+        device = wavs[0].device
+        return [pad_sequence([r[n].to(device, torch.float32) for r in rows], batch_first=True)
+                for n in range(len(rows[0]))]
 
 
 def attach_feature_cache(expert, config: FeatureCacheConfig) -> FeatureCache:
@@ -305,23 +315,13 @@ def attach_prefix_cache(expert, config: PrefixCacheConfig) -> FeatureCache:
 
 
 class PrefixStore(FeatureCache):
-    """A FeatureCache of one tensor per utterance (its prefix frames), all or nothing per batch."""
+    """A FeatureCache of one tensor per utterance: its prefix frames (method/prefix.py)."""
 
-    def lookup(self, wavs: List[torch.Tensor]) -> Optional[List[torch.Tensor]]:
-        """Every utterance's prefix (float32), or None when any is missing (the batch is then computed
-        and handed to `store`)."""
-        keys = [waveform_key(w) for w in wavs]
-        found = [self.get(k) for k in keys]
-        self._missed = [(b, k) for b, (k, f) in enumerate(zip(keys, found)) if f is None]
-        self.hits += len(found) - len(self._missed)
-        self.misses += len(self._missed)
-        return None if self._missed else [f[0].float() for f in found]
-
-    def store(self, wavs: List[torch.Tensor], rows: List[torch.Tensor]) -> None:
-        """Keep the computed rows of the utterances the lookup of this batch (`wavs`) missed; the others
-        are cached already (not read again)."""
-        for b, key in self._missed:
-            self.put(key, [rows[b]])
+    def rows(self, wavs: List[torch.Tensor], compute: Callable[[int], torch.Tensor]) -> List[torch.Tensor]:
+        """Every utterance's prefix (T, C), `compute(i)` giving utterance i's alone where it is missing:
+        float32 from the training tier, the stored dtype from the exact one."""
+        rows = [self.served(wav, lambda i=i: [compute(i)])[0] for i, wav in enumerate(wavs)]
+        return rows if self.exact else [r.float() for r in rows]
 
 
 class CachedUpstream(nn.Module):

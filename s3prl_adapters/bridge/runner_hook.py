@@ -225,15 +225,21 @@ class AdapterRunner(Runner):
     def evaluate(self, split=None, logger=None, global_step=0):
         """S3PRL evaluates on rank 0 only, but through the DDP wrappers, whose forward broadcasts
         buffers to ranks that are not there (gloo: 'Connection closed by peer'). Evaluate with the
-        wrapped modules themselves; the weights are the same object."""
+        wrapped modules themselves; the weights are the same object. The caches serve their exact
+        tier meanwhile: evaluation never reads the lossy training entries."""
         wrapped = [(e, e.model) for e in self.all_entries if isinstance(e.model, nn.parallel.DistributedDataParallel)]
+        caches = [c for c in (self.feature_cache, self.prefix_cache) if c is not None]
         for entry, ddp in wrapped:
             entry.model = ddp.module
+        for cache in caches:
+            cache.exact = True
         try:
             return super().evaluate(split, logger, global_step)
         finally:
             for entry, ddp in wrapped:
                 entry.model = ddp
+            for cache in caches:
+                cache.exact = False
 
     def train(self):
         self._refuse_empty_train_split()

@@ -21,7 +21,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from s3prl_adapters.method.backbone import conv_layers
 from s3prl_adapters.method.config import AdapterConfig
-from s3prl_adapters.method.prefix import captured_prefix, encoder_from_prefix, rows_of
+from s3prl_adapters.method.prefix import encoder_from_prefix, prefix_alone
 from s3prl_adapters.errors import UserError
 from s3prl_adapters.method.attach import (attach_e_adapters, build_l_adapters, checkpoint_layer_activations,
                                           layer_norm_names)
@@ -41,7 +41,8 @@ class BackboneStates:
             layer.register_forward_pre_hook(lambda m, args: self._captured.append(args[0]))
         self.prefix_store = None
         """Where the frozen prefix comes from when set (the bridge's prefix cache): an object with
-        lookup(wavs) -> per-utterance rows or None, and store(wavs, rows); see method/prefix.py."""
+        rows(keys, compute) -> one (T, C) row per utterance, which calls compute(i) for the rows it
+        does not hold; see method/prefix.py."""
 
     def __call__(self, wavs: List[torch.Tensor], grad: bool = True) -> List[torch.Tensor]:
         keys = wavs
@@ -49,13 +50,9 @@ class BackboneStates:
             wavs = [F.layer_norm(wav, wav.shape) for wav in wavs]
         self._captured = []
         with nullcontext() if grad else torch.no_grad():
-            rows = self.prefix_store.lookup(keys) if self.prefix_store is not None else None
-            if rows is not None:  # every utterance's prefix is known: the encoder starts from it
+            if self.prefix_store is not None:  # the encoder starts from each utterance's stored prefix
+                rows = self.prefix_store.rows(keys, lambda i: prefix_alone(self.wavlm, wavs[i]))
                 encoder_output = encoder_from_prefix(self.wavlm, [r.to(wavs[0].device) for r in rows])
-            elif self.prefix_store is not None:
-                with captured_prefix(self.wavlm) as got:
-                    encoder_output = self._full_pass(wavs)
-                self.prefix_store.store(keys, rows_of(got))
             else:
                 encoder_output = self._full_pass(wavs)
         layer_inputs = [x.transpose(0, 1) for x in self._captured]  # (T,B,C) -> (B,T,C)

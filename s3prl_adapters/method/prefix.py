@@ -11,9 +11,13 @@ the cut still runs as S3PRL runs it, so
   round(len / 320) frames, sometimes one more than the CNN made) come out of that convolution
   just as in the full pass.
 Cutting later, after the positional convolution, would save ~5% more of a Base+ forward pass but
-loses those padded frames, which the heads then read."""
+loses those padded frames, which the heads then read.
 
-from contextlib import contextmanager
+A stored prefix is each utterance's own, computed alone (`prefix_alone`): in a padded batch WavLM
+Base's first CNN layer normalises over the padded time axis, so the prefix would depend on which
+utterances shared the batch. Alone, it is what a batch of one computes: what `predict` and a batch-1
+evaluation compute, whichever run stored it."""
+
 from typing import List
 
 import torch
@@ -23,33 +27,17 @@ from torch.nn.utils.rnn import pad_sequence
 DESCRIPTION = "CNN, its LayerNorm and the projection (dropout_input and the encoder run every step)"
 
 
-def _prefix_end(wavlm: nn.Module) -> nn.Module:
-    return wavlm.post_extract_proj if wavlm.post_extract_proj is not None else wavlm.layer_norm
-
-
-@contextmanager
-def captured_prefix(wavlm: nn.Module):
-    """Record, during one ordinary forward pass, the prefix (B, T, C) and the frame padding mask
-    (B, T) the encoder receives: yields a dict that holds them afterwards."""
-    got = {}
-    hooks = [
-        wavlm.encoder.register_forward_pre_hook(
-            lambda m, args, kwargs: got.__setitem__("mask", kwargs.get("padding_mask", args[1] if len(args) > 1 else None)),
-            with_kwargs=True),
-        _prefix_end(wavlm).register_forward_hook(lambda m, args, out: got.__setitem__("prefix", out)),
-    ]
-    try:
-        yield got
-    finally:
-        for hook in hooks:
-            hook.remove()
-
-
-def rows_of(got: dict) -> List[torch.Tensor]:
-    """Each utterance's prefix frames, as many as the batch's padding mask made valid."""
-    prefix, mask = got["prefix"], got["mask"]
-    valid = (~mask).sum(1).tolist() if mask is not None else [prefix.size(1)] * prefix.size(0)
-    return [prefix[b, :n] for b, n in enumerate(valid)]
+@torch.no_grad()
+def prefix_alone(wavlm: nn.Module, wav: torch.Tensor) -> torch.Tensor:
+    """One utterance's prefix (T, C), computed alone, as `extract_features` computes it for a batch of
+    one (no padding, so no padding mask): CNN -> transpose -> LayerNorm -> projection. Alone, because
+    WavLM Base's first CNN layer normalises over the padded time axis: in a batch, an utterance's
+    prefix depends on its neighbours' lengths."""
+    features = wavlm.feature_extractor(wav.unsqueeze(0)).transpose(1, 2)
+    features = wavlm.layer_norm(features)
+    if wavlm.post_extract_proj is not None:
+        features = wavlm.post_extract_proj(features)
+    return features[0]
 
 
 def encoder_from_prefix(wavlm: nn.Module, rows: List[torch.Tensor]) -> torch.Tensor:

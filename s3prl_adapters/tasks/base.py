@@ -46,6 +46,12 @@ class Task:
     metric: str = "acc"
     """Name of the metric S3PRL prints for that split."""
 
+    eval_batch_key: Optional[str] = "eval_batch_size"
+    """The datarc key of the recipe's evaluation batch size; the benchmark and `tune` set it to 1, so
+    each file is scored as it is alone, as `predict --batch-size 1` scores it (WavLM Base's CNN
+    normalises over the padded time axis: in a padded batch a file's states depend on its
+    neighbours). None: the recipe has no separate one (its evaluation pads as configured)."""
+
     metric_pattern: str
     """Regex (one group) matching S3PRL's printed metric line; the last match counts."""
 
@@ -141,6 +147,17 @@ class Task:
         return os.path.isdir(os.path.join(root, self.standin_dir))
 
     # ---- results and submission -----------------------------------------------------------------
+
+    def exact_evaluation_overrides(self) -> Dict[str, int]:
+        """`-o` entries that score every dev and test file alone (batch 1), when the recipe can."""
+        return {f"config.downstream_expert.datarc.{self.eval_batch_key}": 1} if self.eval_batch_key else {}
+
+    @property
+    def dev_metric_pattern(self) -> Optional[str]:
+        """Regex (one group) of the metric S3PRL prints for the dev split (None without a dev split)."""
+        if not self.dev_split:
+            return None
+        return self.metric_pattern.replace(self.evaluated_split, self.dev_split, 1)
 
     def parse_metric(self, log_text: str) -> float:
         """The value S3PRL printed (the last matching line), as printed."""

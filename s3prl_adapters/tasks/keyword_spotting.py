@@ -28,6 +28,7 @@ class KeywordSpotting(Task):
     key = "ks"
     title = "KS acc %"
     corpus = "Speech Commands v1.0"
+    eval_batch_key = None  # one datarc.batch_size serves training and evaluation: the clips are 1 s
     metric_pattern = r"^test acc: ([\d.eE+-]+)$"
     chance_percent = 100 / 12  # the stand-in test set has as many clips of each of the 12 classes
     any_sample_rate = True

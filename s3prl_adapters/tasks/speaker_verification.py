@@ -27,10 +27,11 @@ class SpeakerVerification(Task):
     metric_pattern = r"^sv-voxceleb1/test-EER: ([\d.eE+-]+)$"
     higher_is_better = False
     chance_percent = 50.0
-    dev_split = None  # the recipe's dev scoring reads the test trials (a bug): it trains without evaluating
+    dev_split = "dev"  # the dev trial list (its scoring needs the sv_dev_scoring_reads_the_test_trials fix)
     paper_task = True
     standin_dir = "VoxCeleb1"
-    workarounds = ("sv_expert_hardcodes_cuda", "sv_length_cache_lives_in_installed_package")
+    workarounds = ("sv_expert_hardcodes_cuda", "sv_length_cache_lives_in_installed_package",
+                   "sv_dev_scoring_reads_the_test_trials")
     random_train_crop = "max_timestep"
     submission_member = "predict/sv_public/predict.txt"
     empty_train_hint = " (ASV keeps only files longer than vad_config.min_sec after VAD)"
@@ -43,10 +44,14 @@ class SpeakerVerification(Task):
             (d["test_meta_data"], "test trial list (the official veri_test2.txt)", "test_meta_data")]
 
     def evaluation_audio(self, config):
+        """The files of the test trials (under test/wav) and of the dev trials (under dev/wav)."""
         d = datarc(config)
-        root = os.path.join(d["file_path"], "test", "wav")
-        with open(d["test_meta_data"]) as f:
-            return sorted({os.path.join(root, p) for line in f if line.strip() for p in line.split()[1:3]})
+        files = set()
+        for part, trials in (("test", d["test_meta_data"]), ("dev", d["dev_meta_data"])):
+            root = os.path.join(d["file_path"], part, "wav")
+            with open(trials) as f:
+                files |= {os.path.join(root, p) for line in f if line.strip() for p in line.split()[1:3]}
+        return sorted(files)
 
     def training_audio(self, config):
         """The recipe trains on every wav under dev/wav (the listing is kept for its length cache's key)."""

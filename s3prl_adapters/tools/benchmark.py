@@ -134,40 +134,24 @@ class Benchmark:
 
     # ---- one run ----------------------------------------------------------------------------
     def execute_all(self, runs: List[Run]) -> List[dict]:
-        """Every run, `--jobs` at a time, the longest first (so that the pool does not end with one
-        long run alone), except that runs sharing a cache run one after another in that order
-        (cache_chains); the results in plan order. A failed run does not stop the others; the first
-        failure (in plan order) is raised once all have ended."""
+        """Every run, `--jobs` at a time, the longest first (so that the pool does not end with one long
+        run alone); the results in plan order. Runs that share a cache may run at the same time: an
+        entry's value does not depend on which run computed it (bridge/feature_cache.py). A failed run
+        does not stop the others; the first failure (in plan order) is raised once all have ended."""
         order = sorted(range(len(runs)), key=lambda i: -METHODS[runs[i].method].relative_cost)
         position = {i: n + 1 for n, i in enumerate(order)}
-        chains = {i: self.cache_chains(runs[i]) for i in order}
-        pending, busy, outcomes = list(order), set(), {}
-        ready = threading.Condition()
-
-        def next_runnable():
-            blocked = set()  # chains whose earlier run is still pending: later runs keep their turn
-            for i in pending:
-                if not chains[i] & (busy | blocked):
-                    return i
-                blocked |= chains[i]
-            return None
+        pending, outcomes, lock = list(order), {}, threading.Lock()
 
         def worker():
             while True:
-                with ready:
-                    while pending and (i := next_runnable()) is None:
-                        ready.wait()
+                with lock:
                     if not pending:
                         return
-                    pending.remove(i)
-                    busy.update(chains[i])
+                    i = pending.pop(0)
                 try:
                     outcomes[i] = (True, self.execute(runs[i], position[i], len(runs)))
                 except BaseException as e:  # noqa: BLE001 -- re-raised below, after the other runs
                     outcomes[i] = (False, e)
-                with ready:
-                    busy.difference_update(chains[i])
-                    ready.notify_all()
 
         threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, self.args.jobs))]
         for t in threads:
@@ -189,17 +173,6 @@ class Benchmark:
                    and (a.feature_cache is not None or task.real_corpus(a) is None))
         return prefix, feature
 
-    def cache_chains(self, run: Run) -> frozenset:
-        """The caches a run shares with others: the task's prefix cache (every prefix-cached method,
-        seed and fold of the task), and a frozen method's feature cache (its seeds and folds). An
-        entry keeps the padded batch and the precision (float32 when computed, float16 from disk) of
-        the run that computed it, and a run computes what earlier runs have not, so two runs of one
-        chain at the same time would give results that depend on timing; one after the other, in a
-        fixed order, every invocation gives the same table."""
-        prefix, feature = self.caches_of(run)
-        return frozenset(([("prefix", run.task)] if prefix else [])
-                         + ([("feature", run.task, run.method)] if feature else []))
-
     def execute(self, run: Run, index: int, total: int) -> dict:
         a, task, method = self.args, TASKS[run.task], METHODS[run.method]
         result_path = os.path.join(run.expdir, "result.json")
@@ -218,8 +191,10 @@ class Benchmark:
         overrides = self.overrides(run.task)
         if run.fold:
             overrides += ",," + overrides_string(task.fold_overrides(run.fold))
-        # while training, only the split that selects the best checkpoint; the test split once, afterwards
+        # while training, only the split that selects the best checkpoint; the test split once, afterwards;
+        # every file scored as it is alone (batch 1: WavLM's CNN normalises over the padded batch)
         overrides += f",,config.runner.eval_dataloaders={[task.dev_split] if task.dev_split else []}"
+        overrides += "".join(f",,{k}={v!r}" for k, v in task.exact_evaluation_overrides().items())
         if a.steps:
             # A checkpoint halfway, so an interrupted run resumes from there.
             overrides += (f",,config.runner.total_steps={a.steps},,config.runner.eval_step={a.steps},,"
