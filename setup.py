@@ -13,6 +13,7 @@ setup(
         "transformers<5",
         "huggingface_hub<1",
         "peft==0.21.2",
+        "optuna==5.0.0",
         "tensorboardX",
         "soundfile",
         "pandas",

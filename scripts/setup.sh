@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Idempotent environment setup: system packages (libsox for S3PRL's ASV sox effects,
-# espeak-ng/sox for the stand-in corpora), then .venv with the pinned stack and this package.
+# espeak-ng/sox for the stand-in corpora, PostgreSQL for the test of tune's shared-study storage),
+# then .venv with the pinned stack and this package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pkg in libsox-dev libsox-fmt-base sox espeak-ng; do
+for pkg in libsox-dev libsox-fmt-base sox espeak-ng postgresql; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

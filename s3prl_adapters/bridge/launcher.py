@@ -31,8 +31,9 @@ def available_tasks() -> List[str]:
 def _peek(argv: List[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(add_help=False)
     for flags in (("-u", "--upstream"), ("-k", "--upstream_ckpt"), ("-d", "--downstream"), ("-c", "--config"),
-                  ("-e", "--past_exp"), ("-m", "--mode")):
+                  ("-e", "--past_exp"), ("-m", "--mode"), ("-p", "--expdir"), ("-n", "--expname")):
         parser.add_argument(*flags)
+    parser.add_argument("-a", "--auto_resume", action="store_true")
     return parser.parse_known_args(argv)[0]
 
 
@@ -56,6 +57,39 @@ def _check_backbone_file(upstream: Optional[str], ckpt: Optional[str], what: str
         check_wavlm_checkpoint_file(os.path.expanduser(ckpt), what)
 
 
+def _resumed_checkpoint(args) -> Optional[str]:
+    """The checkpoint S3PRL will adopt Args and Config from: `-e FILE`, the newest states-*.ckpt of
+    `-e DIR`, or of the experiment folder when `-a` finds one there (S3PRL's own rules)."""
+    import glob
+
+    folder = None
+    if args.past_exp:
+        if os.path.isfile(args.past_exp):
+            return args.past_exp
+        folder = args.past_exp if os.path.isdir(args.past_exp) else None
+    elif args.auto_resume:
+        folder = args.expdir or (f"result/downstream/{args.expname}" if args.expname else None)
+    states = glob.glob(os.path.join(folder, "states-*.ckpt")) if folder and os.path.isdir(folder) else []
+    if not states:
+        return None
+    return sorted(states, key=lambda p: int(p.split("-")[-1].split(".")[0]))[-1]
+
+
+def _check_run_checkpoint(path: str, what: str) -> None:
+    """S3PRL adopts a resumed checkpoint's Args and Config whole: refuse a bad file, and any config
+    string that S3PRL would eval() or look a class up by, in one line before it loads."""
+    from s3prl_adapters.bridge.config_guard import check_checkpoint
+    from s3prl_adapters.method.backbone import read_checkpoint
+
+    ckpt = read_checkpoint(path, what=what)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("Args"), argparse.Namespace):
+        raise UserError(f"{what}: {path} is not an S3PRL experiment checkpoint (no 'Args')" if path not in what else
+                        f"{what}: not an S3PRL experiment checkpoint (no 'Args')")
+    check_checkpoint(ckpt, path)
+    past = ckpt["Args"]
+    _check_backbone_file(getattr(past, "upstream", None), getattr(past, "upstream_ckpt", None), f"{what}: its -k")
+
+
 def prepare_argv(argv: List[str]) -> List[str]:
     """Validate what S3PRL would only fail on later, and fill the defaults it gets wrong."""
     from s3prl import hub
@@ -65,18 +99,12 @@ def prepare_argv(argv: List[str]) -> List[str]:
     args = _peek(argv)
     argv = compat.device_defaults_to_cuda(argv)
     argv = compat.torchrun_sets_only_local_rank(argv)
+    resumed = _resumed_checkpoint(args)
+    if resumed:
+        _check_run_checkpoint(resumed, f"-e {args.past_exp}" if args.past_exp else f"-a ({args.expdir or args.expname})")
     if args.past_exp:
         if not os.path.exists(args.past_exp):
             raise UserError(f"-e {args.past_exp}: no such checkpoint or experiment directory")
-        if os.path.isfile(args.past_exp):  # S3PRL loads it itself; refuse a bad file with a clear line first
-            from s3prl_adapters.method.backbone import read_checkpoint
-
-            ckpt = read_checkpoint(args.past_exp, what="-e")
-            if not isinstance(ckpt, dict) or "Args" not in ckpt:
-                raise UserError(f"-e {args.past_exp}: not an S3PRL experiment checkpoint (no 'Args')")
-            past = ckpt["Args"]
-            _check_backbone_file(getattr(past, "upstream", None), getattr(past, "upstream_ckpt", None),
-                                 f"-e {args.past_exp}: its -k")
         return argv
     if args.upstream is not None and not hasattr(hub, args.upstream):
         close = difflib.get_close_matches(args.upstream, [n for n in dir(hub) if not n.startswith("_")], n=5)
@@ -102,6 +130,11 @@ def prepare_argv(argv: List[str]) -> List[str]:
             argv = argv + ["-c", str(config)]
     if args.config is not None and not os.path.isfile(args.config):
         raise UserError(f"-c {args.config}: no such config file")
+    if args.downstream is not None:
+        from s3prl_adapters.bridge.config_guard import load_config_file
+
+        # plain YAML whose class names are class names (shipped configs pass; files from others are checked)
+        load_config_file(str(args.config or shipped_config(args.downstream)), args.downstream)
     _check_backbone_file(args.upstream, args.upstream_ckpt, "-k")
     if args.upstream_ckpt is not None and not args.upstream_ckpt.startswith(("http://", "https://")):
         # -e reuses -k from the checkpoint: store it absolute so resuming works from any directory.

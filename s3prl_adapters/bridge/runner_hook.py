@@ -20,13 +20,15 @@ from s3prl_adapters.errors import UserError
 from s3prl_adapters.bridge.feature_cache import (CachedUpstream, FeatureCache, FeatureCacheConfig, PrefixCacheConfig,
                                                  attach_feature_cache, attach_prefix_cache, corpus_bytes)
 from s3prl_adapters.bridge.hubconf import UPSTREAMS
+from s3prl_adapters.bridge.optimizer_groups import (DROPOUT_SECTION, GROUPS, STOCK_GROUPS, group_learning_rates,
+                                                   optimizer_section)
 from s3prl_adapters.bridge.preflight import check_corpus
 from s3prl_adapters.method.prefix import DESCRIPTION as PREFIX_DESCRIPTION
 from s3prl_adapters.tasks import find_task
 
-GROUPS = ("head", "featurizer", "l_adapter", "e_adapter", "layer_norm", "lora")
-STOCK_GROUPS = ("head", "featurizer", "encoder")
-"""Fine-tuning a stock upstream (-f) with the paper's two rates: the head, and the whole upstream ('encoder')."""
+EVALUATION_GATE = None
+"""Set by a supervising process (tools/launch.py, for `tune`): called with (split, global_step) after
+every evaluation during training; it returns when the run may go on."""
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -45,22 +47,6 @@ def upstream_group(name: str) -> str:
                       "final_layer_norm.weight", "final_layer_norm.bias")):
         return "layer_norm"
     raise ValueError(f"no learning-rate group for trainable upstream parameter '{name}'")
-
-
-def group_learning_rates(config: dict, upstream: str, has_l_adapters: bool, groups=GROUPS) -> Dict[str, float]:
-    """Per-group learning rates; groups the config leaves out fall back to `optimizer.lr`."""
-    default = float(config["optimizer"]["lr"])
-    section = optimizer_section(config, upstream)
-    unknown = sorted(set(section) - set(groups))
-    if unknown:
-        raise UserError(f"config adapter_optimizer.{upstream}: unknown group(s) {unknown}; valid: {list(groups)}")
-    lrs = {g: float(section.get(g, default)) for g in groups if g != "featurizer"}
-    lrs["featurizer"] = float(section.get("featurizer", lrs["l_adapter"] if has_l_adapters else lrs["head"]))
-    return lrs
-
-
-def optimizer_section(config: dict, upstream: str) -> dict:
-    return (config.get("adapter_optimizer") or {}).get(upstream) or {}
 
 
 def _optimizer_class(optimizer_config: dict):
@@ -117,10 +103,35 @@ class AdapterRunner(Runner):
         cache_config = self._feature_cache_config(args, config)
         prefix_config = self._prefix_cache_config(args, config)
         super().__init__(args, config)
+        self._apply_backbone_dropout()
         self.feature_cache = self._attach_feature_cache(cache_config) if cache_config else None
         self.prefix_cache = self._attach_prefix_cache(prefix_config) if prefix_config else None
         if cache_config or prefix_config:
             self._note_random_train_crop()
+
+    def _apply_backbone_dropout(self) -> None:
+        """`backbone_dropout: {<upstream>: true|false}` in the downstream config: whether the backbone's own
+        dropout applies while it trains. For an adapter upstream it sets the `-g` setting of the same
+        name (the config wins: it is what `s3prl-adapters tune` searches); for a stock upstream trained
+        with `-f`, false keeps the upstream in eval mode while training (no dropout, gradients still
+        flow); a frozen stock upstream runs in eval mode anyway."""
+        setting = (self.config.get(DROPOUT_SECTION) or {}).get(self.args.upstream)
+        if setting is None:
+            return
+        if not isinstance(setting, bool):
+            raise UserError(f"config {DROPOUT_SECTION}.{self.args.upstream}: expected true or false, got {setting!r}")
+        upstream = _unwrap(self.upstream.model)
+        if self.uses_adapter_upstream:
+            upstream.adapter_config.backbone_dropout = setting
+            upstream.train(upstream.training)
+        elif self.args.upstream_trainable and not setting:
+            train = upstream.train
+            upstream.train = lambda mode=True: train(False)  # S3PRL calls train() before every epoch and eval
+            upstream.train(False)
+        else:
+            return
+        print(f"[s3prl-adapters] backbone dropout {'on' if setting else 'off'} while training "
+              f"(config {DROPOUT_SECTION}.{self.args.upstream})", file=sys.stderr)
 
     @staticmethod
     def _feature_cache_config(args, config) -> Optional[FeatureCacheConfig]:
@@ -234,12 +245,15 @@ class AdapterRunner(Runner):
         for cache in caches:
             cache.exact = True
         try:
-            return super().evaluate(split, logger, global_step)
+            saved = super().evaluate(split, logger, global_step)
         finally:
             for entry, ddp in wrapped:
                 entry.model = ddp
             for cache in caches:
                 cache.exact = False
+        if EVALUATION_GATE is not None and global_step:
+            EVALUATION_GATE(split, global_step)
+        return saved
 
     def train(self):
         self._refuse_empty_train_split()

@@ -8,7 +8,7 @@ maps, character dictionary), the task, and a fingerprint of the backbone it was 
 sets also carry the decision threshold at the dev EER when the run has a dev trial list."""
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Dict, Optional
 
 import torch
@@ -67,7 +67,13 @@ class AdapterSet:
             raise UserError(f"{path}: not an exported adapter set (write one with: s3prl-adapters export CKPT -o OUT)")
         if state.get("version") != VERSION:
             raise UserError(f"{path}: adapter-set version {state.get('version')}, this package reads {VERSION}")
+        from s3prl_adapters.bridge.config_guard import check_adapter_set
+
+        check_adapter_set(state, path)  # the strings S3PRL's head classes would eval(), before any is built
         fields_ = {k: v for k, v in state.items() if k not in ("format", "version")}
+        unknown = sorted(set(fields_) - {f.name for f in fields(cls)})
+        if unknown:
+            raise UserError(f"{path}: adapter-set fields this package does not know: {unknown}")
         stem = os.path.basename(path).rsplit(".", 1)[0]
         return cls(**fields_, name=name or stem)
 

@@ -23,6 +23,9 @@ def _read_run_checkpoint(path: str) -> dict:
     ckpt = read_checkpoint(path, what="checkpoint")
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("Args"), argparse.Namespace) or "Downstream" not in ckpt:
         raise UserError(f"checkpoint {path}: not a checkpoint written by run_downstream.py (no Args/Downstream)")
+    from s3prl_adapters.bridge.config_guard import check_checkpoint
+
+    check_checkpoint(ckpt, path)  # the config strings S3PRL's head classes would eval()
     return ckpt
 
 

@@ -133,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         task.add_prepare_command(sub)
 
     sub.add_parser("bench", help="training/inference cost of every method vs S3PRL fine-tuning (see bench --help)")
+    sub.add_parser("tune", help="choose an upstream's learning rates for a task on dev, with Optuna (see tune --help)")
 
     p = sub.add_parser("export", help="one file per trained task: what predict needs from a run's checkpoint")
     p.add_argument("checkpoint", help="a checkpoint run_downstream.py wrote (EXPDIR/dev-best.ckpt, states-N.ckpt)")
@@ -186,6 +187,16 @@ def main(argv=None):
         from s3prl_adapters.tools.bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv[:1] == ["tune"]:  # its own parser (run_downstream.py's flags and the study's)
+        from s3prl_adapters.tools.tune import main as tune_main
+
+        try:
+            return tune_main(argv[1:])
+        except UserError as e:
+            if "--debug" in argv:
+                raise
+            print(f"s3prl-adapters tune: error: {e}", file=sys.stderr)
+            sys.exit(2)
     args = build_parser().parse_args(argv)
     if getattr(args, "device", "unset") is None:
         args.device = _default_device()

@@ -8,10 +8,11 @@ there; joblib stops its workers), which multiprocessing's children skip otherwis
 
 import json
 import multiprocessing
+import multiprocessing.connection
 import os
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 from s3prl_adapters.errors import UserError
 
@@ -35,7 +36,20 @@ def _launcher_main(argv: List[str]) -> None:
     main(list(argv))
 
 
-def _child(entry: Callable[[List[str]], None], argv: List[str], log_path: str, threads: int, usage_path: str) -> None:
+def _install_evaluation_gate(control) -> None:
+    """After each evaluation during training the run tells its supervisor and waits for its verdict
+    (the supervisor then reads the evaluation's printed metric and either answers or kills the run)."""
+    from s3prl_adapters.bridge import runner_hook
+
+    def gate(split: str, step: int) -> None:
+        control.send((split, step))
+        control.recv()
+
+    runner_hook.EVALUATION_GATE = gate
+
+
+def _child(entry: Callable[[List[str]], None], argv: List[str], log_path: str, threads: int, usage_path: str,
+           control=None) -> None:
     import atexit
     import resource
     import threading
@@ -46,11 +60,14 @@ def _child(entry: Callable[[List[str]], None], argv: List[str], log_path: str, t
     sys.stderr.flush()
     os.dup2(log, 1)
     os.dup2(log, 2)
+    sys.stdout.reconfigure(line_buffering=True)  # each printed line reaches the log (and a watcher) at once
     code = 0
     try:
         import torch
 
         torch.set_num_threads(threads)
+        if control is not None:
+            _install_evaluation_gate(control)
         entry(argv)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
@@ -71,32 +88,58 @@ def _child(entry: Callable[[List[str]], None], argv: List[str], log_path: str, t
     os._exit(code)
 
 
-def run_downstream(argv: List[str], log_path: str, threads: int, stream: bool = False) -> Dict[str, float]:
+def run_downstream(argv: List[str], log_path: str, threads: int, stream: bool = False,
+                   watch: Optional[Callable[[str], bool]] = None) -> Dict[str, float]:
     """`run_downstream.py *argv` in a forked child, output appended to `log_path` (and echoed to
-    stderr when `stream`); returns its wall seconds and peak RSS. A failed run raises UserError
-    with the log's last line."""
-    return run_in_child(_launcher_main, argv, log_path, threads, stream, name="run_downstream.py")
+    stderr when `stream`); returns its wall seconds, peak RSS and whether `watch` stopped it. A failed
+    run raises UserError with the log's last line."""
+    return run_in_child(_launcher_main, argv, log_path, threads, stream, name="run_downstream.py", watch=watch)
 
 
 def run_in_child(entry: Callable[[List[str]], None], argv: List[str], log_path: str, threads: int,
-                 stream: bool = False, name: str = "run") -> Dict[str, float]:
-    """`entry(argv)` (a module-level function) in a child forked from the server, as above."""
+                 stream: bool = False, name: str = "run",
+                 watch: Optional[Callable[[str], bool]] = None) -> Dict[str, float]:
+    """`entry(argv)` (a module-level function) in a child forked from the server, as above. `watch`
+    receives the log's new text, as whole lines; when it returns True the child is killed (SIGKILL)
+    and the result says `stopped`. With a watch, the run waits after each evaluation during training
+    until the watch has read that evaluation's lines: a run the watch stops never goes past the
+    evaluation that stopped it."""
     start = time.time()
     usage_path = f"{log_path}.usage.json"
     if os.path.exists(usage_path):
         os.remove(usage_path)
     open(log_path, "a").close()
     offset = os.path.getsize(log_path)
-    process = _context().Process(target=_child, args=(entry, list(argv), log_path, threads, usage_path))
+    control, child_control = _context().Pipe() if watch else (None, None)
+    process = _context().Process(target=_child, args=(entry, list(argv), log_path, threads, usage_path, child_control))
     process.start()
+    stopped, pending = False, b""
     while True:
-        process.join(0.5)
-        if stream:
+        waiting = []
+        if control is not None:
+            waiting = multiprocessing.connection.wait([control, process.sentinel], timeout=0.5)
+        else:
+            process.join(0.5)
+        if stream or watch:
             with open(log_path, "rb") as f:
                 f.seek(offset)
                 new = f.read()
             offset += len(new)
-            sys.stderr.write(new.decode(errors="replace"))
+            if stream:
+                sys.stderr.write(new.decode(errors="replace"))
+            if watch and not stopped:
+                pending += new
+                lines, _, pending = pending.rpartition(b"\n")  # whole lines only
+                if lines and watch(lines.decode(errors="replace") + "\n"):
+                    process.kill()
+                    process.join()
+                    stopped = True
+        if control in waiting and not stopped:
+            try:
+                control.recv()  # the run evaluated and waits: its lines are read above, so it may go on
+                control.send("go")
+            except (EOFError, OSError):  # it ended meanwhile
+                pass
         if process.exitcode is not None:
             break
     peak = 0.0
@@ -104,8 +147,8 @@ def run_in_child(entry: Callable[[List[str]], None], argv: List[str], log_path: 
         with open(usage_path) as f:
             peak = json.load(f)["peak_rss_mb"]
         os.remove(usage_path)
-    if process.exitcode != 0:
+    if process.exitcode != 0 and not stopped:
         tail = open(log_path, errors="replace").read().strip().splitlines()[-1:] or ["?"]
         raise UserError(f"{name} {' '.join(argv[:7])}... exited {process.exitcode}: {tail[0]} "
                         f"(log: {log_path})")
-    return {"seconds": time.time() - start, "peak_rss_mb": peak}
+    return {"seconds": time.time() - start, "peak_rss_mb": peak, "stopped": stopped}
