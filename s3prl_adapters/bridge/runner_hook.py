@@ -8,7 +8,7 @@ through S3PRL's Runner untouched."""
 
 import sys
 from collections import OrderedDict
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import torch
 from torch import nn

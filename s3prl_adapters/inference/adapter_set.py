@@ -85,9 +85,11 @@ class AdapterSet:
 
     @property
     def runs_inside_the_backbone(self) -> bool:
-        """E-adapters or trained layer LayerNorms: the set needs a backbone pass of its own."""
+        """E-adapters, LoRA or trained layer LayerNorms (or a fine-tuned WavLM): the set needs a backbone pass of
+        its own."""
         cfg = self.adapter_config or {}
-        return bool(cfg.get("e_adapter_layers")) or bool(cfg.get("train_layer_norms"))
+        return (bool(cfg.get("e_adapter_layers")) or bool(cfg.get("train_layer_norms")) or cfg.get("method") == "lora"
+                or self.finetuned)
 
 
 def untrained(task: str, upstream: str, backbone: str, settings: Optional[dict] = None, seed: int = 0,

@@ -5,7 +5,9 @@ The backbone is loaded once, whatever the number of sets. Sets that do not chang
 recipe trims silence and lowers the gain before its upstream, so ASV sets get a pass on that
 input). Sets with E-adapters or trained layer LayerNorms get a pass of their own, with their
 adapters switched into the one backbone and switched out after it, which leaves the backbone
-bit-identical; no second copy of it is made. A stock fine-tuned set (`wavlm_local -f`) carries a
+bit-identical; no second copy of it is made. A LoRA set gets a pass of its own on a copy of the
+backbone with its LoRA tensors applied by PEFT (its update lives inside the attention weights,
+read as W + B·A·s, exactly as in training). A stock fine-tuned set (`wavlm_local -f`) carries a
 whole WavLM of its own: that is the cost the method avoids, and it is paid here too.
 
 Inference runs in float32 under no_grad, whatever autocast a set was trained with."""
@@ -66,7 +68,19 @@ class _BoundSet:
         state = dict(adapter_set.upstream_state)
         self.l_adapters, self.e_adapters, self.layer_norms, self.own_states = None, {}, {}, None
         cfg = AdapterConfig(**adapter_set.adapter_config) if adapter_set.adapter_config else None
-        if cfg is not None:
+        if cfg is not None and cfg.has_lora:  # its update lives inside the attention weights: a backbone of its own
+            from s3prl_adapters.method.lora import attach_lora
+
+            own = _copy_of(backbone)
+            attach_lora(own, cfg)  # PEFT, as the run trained it
+            tensors = _take(state, "model.")
+            unknown = sorted(set(tensors) - set(own.state_dict()))
+            if unknown:
+                raise UserError(f"adapter set {adapter_set.name}: LoRA tensors its backbone does not have: {unknown[:3]}")
+            own.load_state_dict(tensors, strict=False)
+            _freeze(own)
+            self.own_states = BackboneStates(own.to(device))
+        elif cfg is not None:
             if cfg.l_adapter_layers:
                 self.l_adapters = build_l_adapters(dim, cfg)
                 self.l_adapters.load_state_dict(_take(state, "l_adapters."))
@@ -76,10 +90,7 @@ class _BoundSet:
             self.layer_norms = {name[len("model."):]: _take_one(state, name) for name in sorted(state)
                                 if name.startswith("model.") and "layer_norm" in name}
         elif adapter_set.finetuned:  # a whole fine-tuned WavLM: its own backbone
-            from s3prl.upstream.wavlm.WavLM import WavLM, WavLMConfig
-
-            own = WavLM(WavLMConfig(dict(backbone.cfg.__dict__)))
-            own.load_state_dict(_take(state, "model."))
+            own = _copy_of(backbone, _take(state, "model."))
             _freeze(own)
             self.own_states = BackboneStates(own.to(device))
         if state:
@@ -124,6 +135,15 @@ class _BoundSet:
             states = [self.l_adapters[str(i)](states[i + 1]) for i in layers]
         features = self.featurizer(wavs, {"hidden_states": states, "last_hidden_state": states[-1]})
         return self.spec.answer(self.head, features, self.set.head["facts"])
+
+
+def _copy_of(backbone: nn.Module, weights: dict = None) -> nn.Module:
+    """A WavLM of the same shape as `backbone`, with `weights` (default: the backbone's own)."""
+    from s3prl.upstream.wavlm.WavLM import WavLM, WavLMConfig
+
+    own = WavLM(WavLMConfig(dict(backbone.cfg.__dict__)))
+    own.load_state_dict(backbone.state_dict() if weights is None else weights)
+    return own
 
 
 def _take(state: dict, prefix: str) -> dict:

@@ -72,10 +72,12 @@ def export(ckpt_path: str, backbone: Optional[str] = None, threshold: bool = Tru
 
     adapter_config = None
     if args.upstream in UPSTREAMS:
-        if METHODS[args.upstream] == "lora":
-            raise UserError(f"checkpoint {ckpt_path}: predict does not serve LoRA runs yet (their update lives inside "
-                            f"the attention weights); the adapter methods and stock wavlm_local are served")
         adapter_config = _adapter_config(args, ckpt_path, METHODS[args.upstream], num_layers)
+        if adapter_config["method"] == "lora" and adapter_config["lora_rank"] is None:
+            from s3prl_adapters.method.config import AdapterConfig
+            from s3prl_adapters.method.lora import matching_rank
+
+            adapter_config["lora_rank"] = matching_rank(wavlm, AdapterConfig(**adapter_config))  # as the run chose it
     finetuned = args.upstream not in UPSTREAMS and bool(args.upstream_trainable)
     l_layers = (adapter_config or {}).get("l_adapter_layers") or []
     upstream_dim = adapter_config["l_adapter_dim"] if l_layers else dim  # what the Featurizer hands the head

@@ -154,6 +154,29 @@ class SpeechRecognition(Task):
 
         return 100.0 * float(np.asarray(items["errors"])[index].sum() / max(1, np.asarray(items["words"])[index].sum()))
 
+    # ---- reproduction ---------------------------------------------------------------------------------
+
+    def test_files(self, expdir, fold=None):
+        d = datarc(latest_config(expdir))
+        return {os.path.basename(f).split(".")[0]: f for f in self._bucket_files(d, list(d.get(self.evaluated_split, [])))}
+
+    def recorded_answers(self, expdir, fold=None):
+        hyp = read_lines(os.path.join(expdir, self.prediction_file))
+        return {u: " ".join(w.split()) for u, _, w in (line.partition(" ") for line in hyp)}
+
+    def answer_key(self, answer):
+        return answer["transcript"]
+
+    def reproduced_items(self, expdir, fold, keys):
+        """Word errors of predict's transcripts against the recipe's references (its WER, recomputed)."""
+        import editdistance
+
+        ref = {u: w.split() for u, _, w in (line.partition(" ") for line in
+                                            read_lines(os.path.join(expdir, "test-clean-noLM-ref.ark")))}
+        ids = sorted(ref)
+        return {"ids": ids, "errors": [editdistance.eval(str(keys.get(u, "")).split(), ref[u]) for u in ids],
+                "words": [len(ref[u]) for u in ids]}
+
     # ---- inference ----------------------------------------------------------------------------------
 
     def head_facts(self, config):

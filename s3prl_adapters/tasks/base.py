@@ -193,6 +193,31 @@ class Task:
 
         return 100.0 * float(np.asarray(items["correct"], dtype=float)[index].mean())
 
+    # ---- reproduction: a run's test pass redone by `s3prl-adapters predict` of its exported set -----
+
+    truth_file: str = "test_truth.txt"
+    """The recipe's file of the evaluated split's true answers ('{fold}' for fold tasks)."""
+
+    def test_files(self, expdir: str, fold: Optional[int] = None) -> Dict[str, str]:
+        """{item id as the recipe's prediction file names it: audio path} of the evaluated split, from the
+        run's config (what `predict` must answer for the cell to be reproduced)."""
+        raise NotImplementedError
+
+    def recorded_answers(self, expdir: str, fold: Optional[int] = None) -> Dict[str, object]:
+        """{item id: what the recipe's test pass answered}, in the form `answer_key` gives predict's answers."""
+        return id_answer_file(os.path.join(expdir, self.prediction_file.format(fold=fold)))
+
+    def answer_key(self, answer: dict) -> object:
+        """Predict's answer for one file, as the recipe's prediction file writes it."""
+        return answer["label"]
+
+    def reproduced_items(self, expdir: str, fold: Optional[int], keys: Dict[str, object]) -> dict:
+        """test_items from predict's answers (`keys`: answer_key per item id) against the recipe's truth:
+        `score` of them is the cell's metric recomputed."""
+        truth = id_answer_file(os.path.join(expdir, self.truth_file.format(fold=fold)))
+        ids = sorted(truth)
+        return {"ids": ids, "correct": [int(keys.get(i) == truth[i]) for i in ids]}
+
     # ---- inference on new audio (s3prl-adapters export / predict) ---------------------------------
 
     audio_effects: Tuple[Tuple[str, ...], ...] = ()
@@ -275,6 +300,12 @@ def same_ids(task: str, path: str, got: Sequence[str], expected: Sequence[str]) 
             f"{len(got) - len(set(got))} duplicated" + (" (a truncated evaluation, runner.evaluate_ratio < 1?)"
                                                         if missing and not extra else "")
         )
+
+
+def id_answer_file(path: str) -> Dict[str, str]:
+    """`<item><sep><answer>` lines (sep ',' in .csv files, else ' ') as {item: answer}."""
+    sep = "," if path.endswith(".csv") else " "
+    return dict(line.split(sep, 1) for line in read_lines(path))
 
 
 def accuracy_items(predict: str, truth: str) -> dict:

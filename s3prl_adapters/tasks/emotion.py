@@ -34,6 +34,7 @@ class EmotionRecognition(Task):
     any_sample_rate = True
     standin_dir = "IEMOCAP"
     prediction_file = "test_fold{fold}_predict.txt"
+    truth_file = "test_fold{fold}_truth.txt"
     submission_member = "predict/er_fold{fold}_public/predict.txt"
 
     def _session(self, config) -> str:
@@ -155,6 +156,10 @@ class EmotionRecognition(Task):
 
     def build_head(self, upstream_dim, upstream_rate, modelrc, facts):
         return utterance_level_head(upstream_dim, modelrc, len(facts["labels"]))
+
+    def test_files(self, expdir, fold=None):
+        files = self._files(latest_config(expdir), "test")
+        return {os.path.splitext(os.path.basename(f))[0]: f for f in files}
 
     def answer(self, head, features, facts):
         return class_answers(utterance_logits(head, features), facts["labels"])

@@ -23,6 +23,7 @@ class IntentClassification(Task):
     paper_task = True
     standin_dir = "fluent_speech_commands"
     prediction_file = "test_predict.csv"
+    truth_file = "test_truth.csv"
     submission_member = "predict/ic_public/predict.csv"
 
     def required_paths(self, config):
@@ -112,6 +113,15 @@ class IntentClassification(Task):
                     raise UserError(f"ic: {path}:{n}: {slot} '{value}' is not one of the training labels")
         same_ids("ic", path, [line.split(",")[0] for line in lines], self.corpus_test_ids(latest_config(expdir)))
         return path
+
+    # ---- reproduction ---------------------------------------------------------------------------------
+
+    def test_files(self, expdir, fold=None):
+        files = self._files(latest_config(expdir), "test")
+        return {os.path.splitext(os.path.basename(f))[0]: f for f in files}
+
+    def answer_key(self, answer):
+        return ",".join(answer[slot] for slot in SLOTS)
 
     # ---- inference ----------------------------------------------------------------------------------
 

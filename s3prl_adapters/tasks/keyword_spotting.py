@@ -11,7 +11,7 @@ imports on Python >= 3.10: bridge/compat.py supplies the one sampler it uses."""
 
 import os
 
-from .base import (Task, class_answers, datarc, labelled_lines, read_lines, same_ids, utterance_level_head,
+from .base import (Task, class_answers, datarc, id_answer_file, labelled_lines, latest_config, read_lines, same_ids, utterance_level_head,
                    utterance_logits)
 
 COMMANDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
@@ -153,6 +153,12 @@ class KeywordSpotting(Task):
 
     def build_head(self, upstream_dim, upstream_rate, modelrc, facts):
         return utterance_level_head(upstream_dim, modelrc, len(facts["classes"]))
+
+    def test_files(self, expdir, fold=None):
+        """The recipe names a test clip '<class folder>-<file name>'."""
+        root = datarc(latest_config(expdir))["speech_commands_test_root"]
+        truth = id_answer_file(os.path.join(expdir, self.truth_file))
+        return {item: os.path.join(root, *item.split("-", 1)) for item in truth}
 
     def answer(self, head, features, facts):
         return class_answers(utterance_logits(head, features), facts["classes"])

@@ -10,7 +10,8 @@ import os
 
 from s3prl_adapters.errors import UserError
 
-from .base import Task, datarc, labelled_lines, read_lines, same_ids, utterance_level_head, utterance_logits
+from .base import (Task, datarc, id_answer_file, labelled_lines, latest_config, read_lines, same_ids,
+                   utterance_level_head, utterance_logits)
 
 SPLIT_CODES = {"train": "1", "dev": "2", "test": "3"}
 
@@ -116,6 +117,24 @@ class SpeakerIdentification(Task):
 
     def build_head(self, upstream_dim, upstream_rate, modelrc, facts):
         return utterance_level_head(upstream_dim, modelrc, facts["speakers"])
+
+    def test_files(self, expdir, fold=None):
+        """The recipe names a test utterance '<speaker>-<video>-<number>' (its path under dev/wav or test/wav)."""
+        import glob
+
+        root = datarc(latest_config(expdir))["file_path"]
+        files = {}
+        for item in id_answer_file(os.path.join(expdir, self.truth_file)):
+            speaker, rest = item.split("-", 1)
+            video, number = rest.rsplit("-", 1)
+            found = glob.glob(os.path.join(root, "*", "wav", speaker, video, f"{number}.wav"))
+            if not found:
+                raise UserError(f"{expdir}: test item {item} has no file under {root}/*/wav")
+            files[item] = found[0]
+        return files
+
+    def answer_key(self, answer):
+        return answer["speaker"]
 
     def answer(self, head, features, facts):
         probabilities = utterance_logits(head, features).float().softmax(-1).cpu()

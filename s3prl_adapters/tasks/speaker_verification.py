@@ -171,6 +171,42 @@ class SpeakerVerification(Task):
             return float("nan")  # a resample without one of the labels has no EER
         return 100.0 * equal_error_rate(labels, np.asarray(items["scores"])[index])
 
+    # ---- reproduction: per trial, the cosine of predict's embeddings against the recipe's score ------
+
+    def _trials(self, expdir):
+        d = datarc(latest_config(expdir))
+        root = os.path.join(d["file_path"], "test", "wav")
+        return [(int(label), os.path.join(root, a), os.path.join(root, b))
+                for label, a, b in (line.split() for line in read_lines(d["test_meta_data"]))]
+
+    def test_files(self, expdir, fold=None):
+        return {path: path for _, a, b in self._trials(expdir) for path in (a, b)}
+
+    def recorded_answers(self, expdir, fold=None):
+        """{trial index: the recipe's cosine score} (its prediction file holds one line per trial, in order)."""
+        import numpy as np
+
+        return {str(k): np.float32(line.split(" ")[1])
+                for k, line in enumerate(read_lines(os.path.join(expdir, self.prediction_file)))}
+
+    def answer_key(self, answer):
+        return answer["embedding"]
+
+    def trial_scores(self, expdir, keys) -> dict:
+        """{trial index: cosine of the two files' embeddings}, as the recipe scores a trial (float32)."""
+        import numpy as np
+        import torch
+
+        cosine = torch.nn.CosineSimilarity(dim=-1)  # the recipe's score_fn
+        return {str(k): np.float32(cosine(torch.as_tensor(keys[a]), torch.as_tensor(keys[b])).numpy())
+                for k, (_, a, b) in enumerate(self._trials(expdir))}
+
+    def reproduced_items(self, expdir, fold, keys):
+        scores = self.trial_scores(expdir, keys)
+        trials = self._trials(expdir)
+        return {"ids": [str(k) for k in range(len(trials))], "labels": [label for label, _, _ in trials],
+                "scores": [float(scores[str(k)]) for k in range(len(trials))]}
+
     # ---- inference ----------------------------------------------------------------------------------
 
     audio_effects = (("gain", "-3.0"), ("silence", "1", "0.1", "0.1%", "-1", "0.1", "0.1%"))

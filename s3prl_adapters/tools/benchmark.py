@@ -18,8 +18,11 @@ from typing import Dict, List, Optional, Tuple
 from s3prl_adapters.tasks import PAPER_TASKS, TASKS, make_mini_superb
 from s3prl_adapters.tasks.base import overrides_string
 from s3prl_adapters.tools.catalogue import CACHEABLE, METHODS, PREFIX_CACHEABLE
+from s3prl_adapters.tools import search_record
 from s3prl_adapters.tools.launch import run_downstream
 from s3prl_adapters.tools.report import write_reports
+from s3prl_adapters.tools.reproduce import reproduce
+from s3prl_adapters.tools.tune import override_string
 from s3prl_adapters.errors import UserError
 
 from s3prl_adapters.paths import CONFIG_ROOT, DEFAULT_BACKBONE, REPO_ROOT as REPO
@@ -87,6 +90,9 @@ class Benchmark:
         so after the first run of a task the others read it (keys include a hash of the prefix's weights)."""
         self.feature_cache = None if args.no_feature_cache else os.path.abspath(
             args.feature_cache or os.path.join(self.out, "feature_cache"))
+        self.trials_run: Dict[Tuple[str, str], int] = {}
+        self.tuned: Dict[Tuple[str, str], dict] = {}
+        """(task, method) -> the config sections --tune chose (adapter_optimizer, backbone_dropout)."""
         """Backbone states of the frozen methods (CACHEABLE), for tasks whose training files are read
         whole: later epochs and the second dev evaluation skip the backbone. By default only on the
         stand-in corpora: states take ~12x the prefix's room (Base+: ~3.6 GB per hour of audio)."""
@@ -170,7 +176,8 @@ class Benchmark:
         prefix = self.prefix_cache is not None and run.method in PREFIX_CACHEABLE
         # A recipe that crops a random window of each training file every epoch would only fill it.
         feature = (self.feature_cache is not None and run.method in CACHEABLE and not task.random_train_crop
-                   and (a.feature_cache is not None or task.real_corpus(a) is None))
+                   and (a.feature_cache is not None or task.real_corpus(a) is None)
+                   and not self.backbone_dropout(run.task, run.method))
         return prefix, feature
 
     def execute(self, run: Run, index: int, total: int) -> dict:
@@ -187,7 +194,7 @@ class Benchmark:
             shutil.rmtree(run.expdir)
         os.makedirs(run.expdir, exist_ok=True)
         self._progress(index, total, run, "start")
-        config = os.path.join(CONFIG_ROOT, run.task, "config.yaml" if a.full_configs else "mini.yaml")
+        config = self.config_path(run.task)
         overrides = self.overrides(run.task)
         if run.fold:
             overrides += ",," + overrides_string(task.fold_overrides(run.fold))
@@ -199,6 +206,8 @@ class Benchmark:
             # A checkpoint halfway, so an interrupted run resumes from there.
             overrides += (f",,config.runner.total_steps={a.steps},,config.runner.eval_step={a.steps},,"
                           f"config.runner.save_step={max(1, a.steps // 2)},,config.runner.log_step={max(1, a.steps // 2)}")
+        if (run.task, run.method) in self.tuned:
+            overrides += ",," + override_string(self.tuned[(run.task, run.method)])
         train = ["-m", "train", "-u", method.upstream, "-k", self.backbone_path, "-d", run.task,
                  "-c", config, "-p", run.expdir, "--seed", str(run.seed), "-a", "--device", a.device, "-o", overrides]
         if method.finetune:
@@ -228,8 +237,12 @@ class Benchmark:
             "backbone": self.backbone_path, "git_commit": self.commit, "expdir": run.expdir,
             **checkpoint_facts(ckpt, self.backbone_path),
             "prefix_cache": prefix_cached, "feature_cache": feature_cached,
+            **self.rates_of(run),
             "items": task.test_items(run.expdir, run.fold),  # per-item outcomes: the report's bootstrap
         }
+        if not a.no_reproduce:  # the cell as users get it: export, then predict --batch-size 1 on the test split
+            result["reproduction"] = reproduce(task, run.expdir, run.fold, ckpt, self.backbone_path,
+                                               result["metric_percent"], a.threads, a.device)
         tmp = result_path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(result, f, indent=1)
@@ -248,6 +261,148 @@ class Benchmark:
                 extra = f" {result['metric']}={result['metric_value']:.4g} train {result['train_seconds']:.0f}s"
             print(f"[{index}/{total}] {what:6s} {run.label}{extra} | elapsed {elapsed / 60:.1f} min, "
                   f"ETA {eta / 60:.1f} min", file=sys.stderr, flush=True)
+
+    # ---- learning rates -------------------------------------------------------------------------
+    def config_path(self, task: str) -> str:
+        return os.path.join(CONFIG_ROOT, task, "config.yaml" if self.args.full_configs else "mini.yaml")
+
+    def embedded_default(self) -> bool:
+        """Stand-in corpora, the embedded backbone, mini configs, paper sizes: what the shipped search covers."""
+        a = self.args
+        return (not a.full_configs and not a.steps and self.backbone_path == DEFAULT_BACKBONE and not a.adapter_config
+                and all(TASKS[t].real_corpus(a) is None for t in a.tasks) and self._default_standins())
+
+    def _default_standins(self) -> bool:
+        """The stand-in corpora are make-mini-superb's default (size small, seed 0)."""
+        try:
+            with open(os.path.join(self.mini_root, "manifest.json")) as f:
+                manifest = json.load(f)
+        except (OSError, ValueError):
+            return False
+        return manifest.get("size") == "small" and manifest.get("seed") == 0
+
+    def sections_of(self, task: str, method: str) -> dict:
+        """The rate sections a run of `method` uses: those --tune chose, else the config's."""
+        if (task, method) in self.tuned:
+            return self.tuned[(task, method)]
+        import yaml
+
+        config = yaml.safe_load(open(self.config_path(task)))
+        up = METHODS[method].upstream
+        return {k: {up: config[k][up]} for k in ("adapter_optimizer", "backbone_dropout")
+                if up in (config.get(k) or {})}
+
+    def backbone_dropout(self, task: str, method: str) -> bool:
+        """Whether a run's backbone applies its dropout while training (the feature cache needs it off)."""
+        up = METHODS[method].upstream
+        setting = self.sections_of(task, method).get("backbone_dropout", {}).get(up)
+        if up == "wavlm_local":
+            return bool(METHODS[method].finetune and setting is not False)
+        if setting is not None:
+            return setting
+        from s3prl_adapters.method.config import METHODS as UPSTREAM_METHODS, load_adapter_config
+
+        cfg = load_adapter_config(UPSTREAM_METHODS[up], self.adapter_yaml).resolved(1 << 10)
+        return bool(cfg.backbone_dropout)
+
+    def rates_of(self, run: Run) -> dict:
+        """What the report says of a run's rates: the groups and dropout it trained with, and their source."""
+        sections = self.sections_of(run.task, run.method)
+        up = METHODS[run.method].upstream
+        rates = dict(sections.get("adapter_optimizer", {}).get(up, {}))
+        if not rates or (up == "wavlm_local" and not METHODS[run.method].finetune):
+            import yaml
+
+            config = yaml.safe_load(open(self.config_path(run.task)))
+            rates = {"head": float(config["optimizer"]["lr"])}  # S3PRL's one rate: head and Featurizer
+        if (run.task, run.method) in self.tuned:
+            source = f"tuned on dev now (--tune {self.args.tune})"
+        elif self.embedded_default() and search_record.shipped_trials(run.task):
+            source = (f"tuned on dev: downstream_configs/{run.task}/mini_search "
+                      f"({search_record.shipped_trials(run.task)} trials per method)")
+        else:
+            source = f"as in {os.path.relpath(self.config_path(run.task), CONFIG_ROOT)}"
+        return {"rates": rates, "backbone_dropout": self.backbone_dropout(run.task, run.method), "rates_source": source}
+
+    def search(self, runs: List[Run]) -> Dict[Tuple[str, str], dict]:
+        """--tune N: a study per method and task (--tune-seed, the first fold), `--jobs` studies at a time, each
+        running its trials one after another; returns each study's best sections."""
+        studies = list(dict.fromkeys((r.task, r.method) for r in runs))
+        studies.sort(key=lambda tm: -METHODS[tm[1]].relative_cost)
+        record = self.embedded_default() and search_record.writable() and not self.args.tune_storage
+        print(f"[benchmark] --tune {self.args.tune}: {len(studies)} studies, {self.args.jobs} at a time; "
+              + ("record: downstream_configs/<task>/mini_search" if record else f"in {self.out}/search"),
+              file=sys.stderr)
+        started, pending, chosen, lock = time.time(), list(studies), {}, threading.Lock()
+        failures = []
+
+        def worker():
+            while True:
+                with lock:
+                    if not pending:
+                        return
+                    task, method = pending.pop(0)
+                try:
+                    chosen[(task, method)] = self.study(task, method, record)
+                except BaseException as e:  # noqa: BLE001 -- raised below, once the others have ended
+                    failures.append(e)
+
+        threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, self.args.jobs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if failures:
+            raise failures[0]
+        missing = [f"{t}/{m}" for (t, m), sections in chosen.items() if sections is None]
+        if missing:
+            raise UserError(f"--tune: no trial completed for {missing}; see {self.out}/search/<task>/<method>/trials.csv")
+        if record:
+            minutes = (time.time() - started) / 60
+            for task in dict.fromkeys(t for t, _ in studies):
+                mine = {m: chosen[(t, m)] for t, m in studies if t == task}
+                search_record.write_tuned_block(self.config_path(task), {
+                    m: mine.get(m) or self.sections_of(task, m) for m in METHODS if m in mine or
+                    (m != "frozen" and self.sections_of(task, m))})
+                search_record.log_sitting(task, "./run_benchmarks.sh " + " ".join(sys.argv[1:]), self.commit,
+                                          sum(self.trials_run.get((task, m), 0) for m in mine), minutes)
+        return {key: sections for key, sections in chosen.items() if sections}
+
+    def study(self, task_name: str, method_name: str, record: bool) -> Optional[dict]:
+        from s3prl_adapters.tools.tune import tune
+        from s3prl_adapters.tools.tune_objective import TrialSetup
+        from s3prl_adapters.tools.tune_space import SearchSpace, Trainee, default_space
+
+        import yaml
+
+        a, task, method = self.args, TASKS[task_name], METHODS[method_name]
+        adapter_yaml = self.adapter_yaml if method.upstream != "wavlm_local" else None
+        overrides = self.overrides(task_name)
+        if task.folds:
+            overrides += ",," + overrides_string(task.fold_overrides(a.er_folds[0]))
+        config_path = self.config_path(task_name)
+        trainee = Trainee.of(method.upstream, method.finetune, adapter_yaml)
+        space = SearchSpace(trainee, default_space(trainee))
+        states_cached = (self.feature_cache is not None and method_name in CACHEABLE  # the trial decides on its dropout
+                         and (a.feature_cache is not None or task.real_corpus(a) is None))
+        setup = TrialSetup(upstream=method.upstream, finetune=method.finetune, task=task, config_path=config_path,
+                           config=yaml.safe_load(open(config_path)), ckpt=self.backbone_path, adapter_yaml=adapter_yaml,
+                           user_overrides=overrides, steps=a.steps, seed=a.tune_seed, device=a.device, threads=a.threads,
+                           prefix_cache=self.prefix_cache, feature_cache=self.feature_cache if states_cached else None)
+        out = os.path.join(self.out, "search", task_name, method_name)
+        storage = a.tune_storage or (search_record.journal(task_name) if record else
+                                     os.path.join(self.out, "search", task_name, "study.journal"))
+        if record:
+            os.makedirs(search_record.record_dir(task_name), exist_ok=True)
+        before = time.time()
+        study, sections = tune(setup, space, out, a.tune, storage_url=storage, study_name=method_name,
+                               log=lambda line: print(f"[{task_name}/{method_name}] {line}", file=sys.stderr, flush=True))
+        with self.lock:
+            self.trials_run[(task_name, method_name)] = sum(
+                1 for t in study.trials if t.datetime_start and t.datetime_start.timestamp() >= before)
+        if record:
+            search_record.save_study_csv(task_name, method_name, os.path.join(out, "trials.csv"))
+        return sections
 
     # ---- everything -------------------------------------------------------------------------
     def plan(self) -> List[Run]:
@@ -279,6 +434,8 @@ class Benchmark:
         except OSError:
             self.commit = "unknown"
         runs = self.plan()
+        if self.args.tune:
+            self.tuned = self.search(runs)
         print(f"[benchmark] {len(runs)} runs, backbone {self.backbone_path}, {self.args.jobs} at a time; "
               f"logs in {self.out}/runs/<task>/<method>/", file=sys.stderr)
         started = time.time()
@@ -309,6 +466,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="override every run's total_steps (save halfway and at the end, "
                    "evaluate at the end)")
     p.add_argument("--full-configs", action="store_true", help="downstream_configs/<task>/config.yaml instead of mini.yaml")
+    p.add_argument("--tune", type=int, metavar="N", help="first choose every method's learning rates (and backbone "
+                   "dropout) on dev: N trials per method and task, the same grid, seed and pruner for all "
+                   "(s3prl-adapters tune); the table's runs then use the chosen ones. On the embedded default the "
+                   "search continues the record shipped in downstream_configs/<task>/mini_search and writes the "
+                   "chosen rates into mini.yaml; otherwise it lives in OUTPUT/search")
+    p.add_argument("--tune-seed", type=int, default=1337, help="the search's seed (its runs' and its sampler's), "
+                   "whatever --seeds the table uses")
+    p.add_argument("--tune-storage", metavar="URL", help="Optuna storage for --tune (e.g. postgresql://... shared by "
+                   "several machines; default: the shipped record, or OUTPUT/search/<task>/study.journal)")
     p.add_argument("-o", "--output", default="benchmark_results")
     p.add_argument("--mini-root", help="stand-in corpora folder (generated if missing)")
     flags = {}  # each task's flags pointing it at its real corpus; a flag two tasks share is added once
@@ -321,6 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=None, help="runs at a time (default: 2 on CPU, 1 on GPU)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--force", action="store_true", help="redo runs whose results exist")
+    p.add_argument("--no-reproduce", action="store_true", help="skip reproducing each cell with export + predict "
+                   "(by default every run's test answers are redone file by file by predict of its exported set)")
     return p
 
 

@@ -9,7 +9,7 @@ import json
 import os
 import sys
 import warnings
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -25,10 +25,12 @@ def quiet_library_warnings() -> None:
         warnings.filterwarnings("ignore", message=message)
 
 
-def expand_inputs(inputs: List[str]) -> List[str]:
-    """Files as given, folders walked for audio files (sorted), text lists read (one path per line,
-    relative to the list's folder)."""
-    files = []
+def expand_inputs(inputs: List[str]) -> Tuple[List[str], Dict[str, str]]:
+    """Files as given, folders walked for audio files (sorted), text lists read (one path per line; a
+    relative entry resolves against the list's own folder, not the working directory). Returns the
+    files and, for those that came from a list as relative entries, where they came from (for the
+    message when one is missing)."""
+    files, origins = [], {}
     for item in inputs:
         if os.path.isdir(item):
             found = sorted(os.path.join(d, f) for d, _, fs in os.walk(item) for f in fs
@@ -39,10 +41,21 @@ def expand_inputs(inputs: List[str]) -> List[str]:
         elif item.lower().endswith(LIST_EXTENSIONS) and os.path.isfile(item):
             base = os.path.dirname(os.path.abspath(item))
             with open(item) as f:
-                files += [p if os.path.isabs(p) else os.path.join(base, p) for p in (line.strip() for line in f) if p]
+                for entry in (line.strip() for line in f):
+                    if not entry:
+                        continue
+                    path = entry if os.path.isabs(entry) else os.path.join(base, entry)
+                    if not os.path.isabs(entry):
+                        origins[path] = item
+                    files.append(path)
         else:
             files.append(item)  # a missing or unreadable file becomes an error line, not a stop
-    return files
+    return files, origins
+
+
+def missing_file_error(path: str, origins: Dict[str, str]) -> str:
+    note = f" (relative entries of {origins[path]} resolve against its folder)" if path in origins else ""
+    return f"no such file: {path}{note}"
 
 
 def _duration(path: str) -> float:
@@ -55,7 +68,7 @@ def _duration(path: str) -> float:
 
 
 def predict_files(model, files: List[str], batch_size: int = 8, embeddings_dir: Optional[str] = None,
-                  progress: bool = True) -> List[dict]:
+                  progress: bool = True, origins: Optional[Dict[str, str]] = None) -> List[dict]:
     """One result per file (input order): {'file', 'audio': what was read/converted, <set>: answer}
     or {'file', 'error'}."""
     from tqdm import tqdm
@@ -68,6 +81,9 @@ def predict_files(model, files: List[str], batch_size: int = 8, embeddings_dir: 
     for start in range(0, len(order), batch_size):
         batch, wavs = [], []
         for i in order[start:start + batch_size]:
+            if not os.path.exists(files[i]):
+                results[i] = {"file": files[i], "error": missing_file_error(files[i], origins or {})}
+                continue
             try:
                 wav, note = read_audio(files[i])
             except UserError as e:
@@ -118,10 +134,16 @@ def predict_command(args) -> int:
         raise UserError("no inputs: give audio files, folders or lists after the adapter sets")
     sets = [AdapterSet.load(p) for p in args.adapters]
     model = MultiTaskWavLM(args.backbone, sets, device=args.device)
-    files = expand_inputs(args.inputs)
+    shared = [s.name for s in sets if not s.runs_inside_the_backbone]
+    own = [s.name for s in sets if s.runs_inside_the_backbone]
+    print("[predict] backbone passes per batch: " + "; ".join(
+        ([f"one shared by {', '.join(shared)} (per audio preparation)"] if shared else [])
+        + ([f"one each for {', '.join(own)} (E-adapters, LoRA or trained LayerNorms inside the backbone)"] if own else [])),
+        file=sys.stderr)
+    files, origins = expand_inputs(args.inputs)
     embeddings = args.embeddings or os.path.join(os.path.dirname(os.path.abspath(args.output)) if args.output
                                                  else os.getcwd(), "embeddings")
-    results = predict_files(model, files, batch_size=args.batch_size, embeddings_dir=embeddings)
+    results = predict_files(model, files, batch_size=args.batch_size, embeddings_dir=embeddings, origins=origins)
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
     if args.output:
         tmp = f"{args.output}.tmp{os.getpid()}"
@@ -154,6 +176,8 @@ def verify_command(args) -> int:
     model = MultiTaskWavLM(args.backbone, [sv], device=args.device)
     embeddings = []
     for path in files:
+        if not os.path.exists(path):
+            raise UserError(missing_file_error(path, {}))
         wav, _ = read_audio(path)
         answer = model.predict([wav])[0][sv.name]
         if "error" in answer:

@@ -80,9 +80,53 @@ def results_markdown(results: List[dict], wall_seconds: float = None, cells: Dic
             where = [TASKS[t].title.split(" ")[0] for t in tasks if any(r["task"] == t for r in on)]
             notes.append(f"{', '.join(titles)}: {what} (float16; `{cache}` in the README)"
                          + (f"; in {', '.join(where)}" if len(where) < len(tasks) else "") + ".")
+    notes += reproduction_notes(results, tasks, methods) + rates_notes(results, tasks, methods)
     if wall_seconds is not None:
         notes.append(f"Wall time of this benchmark invocation: {wall_seconds / 60:.1f} min.")
     return "\n".join(lines + notes) + "\n"
+
+
+def reproduction_notes(results: List[dict], tasks: List[str], methods: List[str]) -> List[str]:
+    """Whether each cell's test answers came out the same from `predict` of the run's exported set."""
+    runs = [r for r in results if r.get("reproduction")]
+    if not runs:
+        return []
+    bad = [r for r in runs if not r["reproduction"]["reproduced"]]
+    total = sum(r["reproduction"]["answers"] for r in runs)
+    if not bad:
+        return [f"Reproduced: every run's test answers ({total:,} files or trials in all) came out identical from "
+                f"`s3prl-adapters export` of its selected checkpoint and `predict --batch-size 1`, and so did every "
+                f"cell's metric, recomputed from predict's answers."]
+    lines = ["", "Cells whose test answers `predict` of the exported set did not reproduce:", "",
+             "| Task | Method | seed/fold | metric (run) | metric (predict) | same answers |", "|---|---|---|---|---|---|"]
+    for r in bad:
+        rep = r["reproduction"]
+        lines.append(f"| {TASKS[r['task']].title} | {METHODS[r['method']].title} | {r['seed']}/{r['fold'] or '-'} | "
+                     f"{r['metric_percent']:.2f} | {rep['metric_percent']:.2f} | {rep['answers_equal']} of "
+                     f"{rep['answers']} {rep['what']} |")
+    return lines
+
+
+def rates_notes(results: List[dict], tasks: List[str], methods: List[str]) -> List[str]:
+    """The learning rates (non-head groups) and backbone dropout each method trained with, and their source."""
+    if not any("rates" in r for r in results):
+        return []
+    lines = ["", "Learning rates and backbone dropout of each method (head / other groups; where they come from):", "",
+             "| Method | " + " | ".join(TASKS[t].title.split(" ")[0] for t in tasks) + " | source |",
+             "|" + "---|" * (len(tasks) + 2)]
+    for m in methods:
+        row, sources = [METHODS[m].title], set()
+        for t in tasks:
+            r = next((x for x in results if x["task"] == t and x["method"] == m and "rates" in x), None)
+            if r is None:
+                row.append("–")
+                continue
+            sources.add(r["rates_source"])
+            rates = ", ".join(f"{g} {v:g}" for g, v in r["rates"].items() if g != "featurizer" or "l_adapter" not in r["rates"])
+            row.append(rates + ("; dropout on" if r["backbone_dropout"] else "; dropout off"))
+        row.append("; ".join(sorted(sources)))
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
 
 
 def read_scalars(expdir: str) -> Dict[str, List[tuple]]:

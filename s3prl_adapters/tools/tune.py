@@ -59,11 +59,17 @@ def open_storage(url: Optional[str], out: str):
         path = url or os.path.join(out, "study.journal")
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         return JournalStorage(JournalFileBackend(path))
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-    except Exception as e:  # the driver's own exception types: unreachable host, bad credentials, missing driver
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"--storage {_redacted(url)}: cannot open ({first})") from None
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        except Exception as e:  # the driver's own exception types: unreachable host, bad credentials, missing driver
+            text = str(e).strip()
+            # workers started together on an empty database race to create Optuna's tables: the loser retries
+            if attempt < 4 and ("already exists" in text or "duplicate key" in text or "UniqueViolation" in text):
+                time.sleep(1.0 + attempt)
+                continue
+            first = text.splitlines()[0] if text else type(e).__name__
+            raise UserError(f"--storage {_redacted(url)}: cannot open ({first})") from None
 
 
 def make_sampler(space: SearchSpace, seed: int, kind: str = "grid"):
@@ -164,6 +170,16 @@ def recover_dead_trials(study, space: SearchSpace, log=print) -> int:
     return n
 
 
+def _tell(study, trial, *args, **kwargs) -> None:
+    """study.tell, outside study.optimize: GridSampler asks the study to stop once the grid is done, which
+    Optuna allows only inside optimize (the trial is stored first; run_trials checks the grid itself)."""
+    try:
+        study.tell(trial, *args, **kwargs)
+    except RuntimeError as e:
+        if "Study.stop" not in str(e):
+            raise
+
+
 def _describe(params: dict) -> str:
     return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in params.items() if v is not None)
 
@@ -198,14 +214,14 @@ def run_trials(study, objective: Objective, space: SearchSpace, n_trials: int, l
             value = objective(trial)
         except optuna.TrialPruned as e:
             storage.set_trial_user_attr(trial._trial_id, "note", str(e))
-            study.tell(trial, state=TrialState.PRUNED)
+            _tell(study, trial, state=TrialState.PRUNED)
             log(f"[tune] trial {trial.number}: {_describe(params)} -> {e}")
         except TrialFailed as e:
             storage.set_trial_user_attr(trial._trial_id, "note", f"failed: {e}")
-            study.tell(trial, state=TrialState.FAIL)
+            _tell(study, trial, state=TrialState.FAIL)
             log(f"[tune] trial {trial.number}: {_describe(params)} -> FAILED: {e}")
         else:
-            study.tell(trial, value)
+            _tell(study, trial, value)
             log(f"[tune] trial {trial.number}: {_describe(params)} -> dev {value:.4g}")
     return ran
 
