@@ -38,7 +38,7 @@ def journal(task: str) -> str:
 
 def writable() -> bool:
     """The record is kept in a source checkout only (never inside an installed package)."""
-    return os.path.isdir(os.path.join(REPO_ROOT, ".git")) and os.access(CONFIG_ROOT, os.W_OK)
+    return os.path.exists(os.path.join(REPO_ROOT, ".git")) and os.access(CONFIG_ROOT, os.W_OK)
 
 
 def cpu_name() -> str:
