@@ -14,6 +14,9 @@ import importlib.abc
 import importlib.machinery
 import sys
 
+__version__ = "0.2.0"
+"""The package's one version (pyproject.toml reads it; `s3prl-adapters --version` prints it)."""
+
 __all__ = ["AdapterSet", "MultiTaskWavLM", "export", "read_audio"]
 
 

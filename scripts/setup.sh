@@ -22,7 +22,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.s3prl-adapters-installed
-want="$(cat requirements.txt setup.py | sha1sum | cut -d' ' -f1)"
+want="$(cat requirements.txt setup.py pyproject.toml | sha1sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] installing pinned requirements into .venv (first time: a few minutes, torch is large)"
   pip_quiet() {  # this machine's pip config names local wheel folders that may not exist: drop that noise

@@ -125,10 +125,14 @@ def test_bad_input_is_one_line_and_writes_nothing(flags, message, tiny_ckpt, tin
 
 
 class PruneTrialOne(optuna.pruners.BasePruner):
-    """Stops trial 1 at its first dev evaluation (the study's pruner is chosen apart from the objective)."""
+    """Would stop trial 1 at every dev evaluation (the study's pruner is chosen apart from the objective);
+    the objective asks only before the last one, and trial 2 ends complete."""
+
+    asked = []
 
     def prune(self, study, trial):
-        return trial.number == 1
+        PruneTrialOne.asked.append((trial.number, max(trial.intermediate_values)))
+        return trial.number in (1, 2) and (trial.number == 1 or max(trial.intermediate_values) == 4)
 
 
 def _setup(tmp_path, fsc, ckpt):
@@ -149,6 +153,7 @@ def test_trials_run_prune_and_continue(tiny_ckpt, tiny_fsc, tmp_path):
     study, sections = tune(setup, space, str(tmp_path), 3, pruner=PruneTrialOne(), log=lambda line: None)
     states = [t.state.name for t in study.trials]
     assert states == ["COMPLETE", "PRUNED", "COMPLETE"]
+    assert (2, 4) not in PruneTrialOne.asked and (2, 2) in PruneTrialOne.asked  # never asked at the last evaluation
     pruned = study.trials[1]
     # the run was killed at its first dev evaluation (step 2 of 4): it never wrote its final checkpoint
     assert pruned.user_attrs["steps_run"] == 2 and pruned.user_attrs["note"].startswith("pruned at step 2")

@@ -92,3 +92,20 @@ def test_closed_form_eer_equals_s3prl_s_brentq_eer():
         assert abs(equal_error_rate(labels, scores) - EER(labels, scores)[0]) < 1e-9, seed
         checked += 1
     assert checked > 100
+
+
+def test_with_seeds_the_paired_difference_covers_the_seed_spread_too():
+    """Seeds that disagree (one far better, one far worse than the reference) leave the item-only Δ
+    interval narrow around the mean but the seeds-and-items interval wide enough to cover 0."""
+    rng = np.random.default_rng(5)
+    reference = [_run("fluent_commands", "ladapter", s, _accuracy((rng.random(272) < 0.5).astype(int))) for s in (1, 2, 3)]
+    spread = [_run("fluent_commands", "frozen", s, _accuracy((rng.random(272) < p).astype(int)))
+              for s, p in ((1, 0.9), (2, 0.2), (3, 0.75))]
+    cells = analyse(reference + spread, resamples=500)
+    cell = cells[("fluent_commands", "frozen")]
+    assert cell["delta_covers"] == "seeds and test items" and cell["sd"] > 25
+    assert cell["delta_ci"][0] < 0 < cell["delta_ci"][1]  # the seeds disagree: no significant difference
+    single = analyse([r for r in reference + spread if r["seed"] == 1], resamples=500)[("fluent_commands", "frozen")]
+    assert single["delta_covers"] == "test items" and single["delta_excludes_zero"]  # one seed alone looked sure
+    assert "resampling seeds (the same seeds for both methods) and the same test items" in results_markdown(
+        reference + spread, cells=cells)

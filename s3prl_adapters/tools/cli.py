@@ -92,7 +92,10 @@ def _default_device() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from s3prl_adapters import __version__
+
     parser = argparse.ArgumentParser(prog="s3prl-adapters", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"s3prl-adapters {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for expected errors too")
     sub = parser.add_subparsers(dest="command", required=True)
 

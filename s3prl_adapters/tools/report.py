@@ -45,7 +45,11 @@ def results_markdown(results: List[dict], wall_seconds: float = None, cells: Dic
         row += [f"{trainable[m]:,}", f"{100 * trainable[m] / ft:.1f}" if ft else "–"]
         lines.append("| " + " | ".join(row) + " |")
     if REFERENCE in methods and len(methods) > 1:
-        lines += ["", f"Difference to {METHODS[REFERENCE].title}, paired bootstrap over the same test items "
+        covers = "seeds and test items" if any(c.get("delta_covers") == "seeds and test items" for c in cells.values()) \
+            else "test items"
+        what = ("resampling seeds (the same seeds for both methods) and the same test items together"
+                if covers != "test items" else "over the same test items")
+        lines += ["", f"Difference to {METHODS[REFERENCE].title}, paired bootstrap {what} "
                       "(Δ [95 % interval]; * = the interval excludes 0):", "",
                   "| Method | " + " | ".join(f"Δ {TASKS[t].title}" for t in tasks) + " |", "|" + "---|" * (len(tasks) + 1)]
         for m in methods:

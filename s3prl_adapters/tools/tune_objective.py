@@ -119,7 +119,8 @@ class DevWatcher:
                 continue
             self.values.append(float(match.group(1)) * self.task.percent)
             self.trial.report(self.values[-1], self.step)
-            if self.trial.should_prune():
+            # the last evaluation ends the run anyway: a trial that got there is complete, never pruned
+            if self.step < self.total_steps and self.trial.should_prune():
                 self.pruned_at = self.step
                 return True
         return False
