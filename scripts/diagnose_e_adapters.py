@@ -159,16 +159,20 @@ def main(argv=None):
                 f.write(json.dumps(r) + "\n")
         dev = re.findall(r"^(dev(?:-clean)? (?:wer|acc)): ([\d.]+)$", text, re.M)
         results[rate] = summarise(recorder.steps, dev)
-    print("| E/LN rate | step | E adds / FFN output (RMS) | adapters past eps | adapter LN gamma | grad e_adapter | "
-          "grad layer_norm | grad l_adapter | layer LN gamma drift |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    lines = ["| E/LN rate | step | E adds / FFN output (RMS) | adapters past eps | adapter LN gamma | grad e_adapter | "
+             "grad layer_norm | grad l_adapter | layer LN gamma drift |", "|---|---|---|---|---|---|---|---|---|"]
     for rate, (rows, dev) in results.items():
         for row in rows:
             if row["step"] in (1, 5, 10, 20, 45, len(rows)):
-                print(f"| {rate:g} | {row['step']} | {row['added_over_ffn']:.3f} | {row['saturated']:.2f} | {row['gamma']:.3f} | "
-                      f"{row.get('grad_e_adapter', float('nan')):.3g} | {row.get('grad_layer_norm', float('nan')):.3g} | "
-                      f"{row.get('grad_l_adapter', float('nan')):.3g} | {row['ln_drift']:.3f} |")
-        print(f"| {rate:g} | dev | {', '.join(f'{k} {v}' for k, v in dev)} | | | | | | |")
+                lines.append(f"| {rate:g} | {row['step']} | {row['added_over_ffn']:.3f} | {row['saturated']:.2f} | "
+                             f"{row['gamma']:.3f} | {row.get('grad_e_adapter', float('nan')):.3g} | "
+                             f"{row.get('grad_layer_norm', float('nan')):.3g} | {row.get('grad_l_adapter', float('nan')):.3g} | "
+                             f"{row['ln_drift']:.3f} |")
+        lines.append(f"| {rate:g} | dev | {', '.join(f'{k} {v}' for k, v in dev)} | | | | | | |")
+    table = "\n".join(lines) + "\n"
+    print(table, end="")
+    with open(os.path.join(args.out, "summary.md"), "w") as f:
+        f.write(table)
     _plot(results, os.path.join(args.out, "e_adapters.png"))
 
 

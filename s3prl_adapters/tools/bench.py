@@ -372,7 +372,7 @@ def machine_name(device: str) -> str:
         return platform.processor() or platform.machine()
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="s3prl-adapters bench", description=__doc__)
     p.add_argument("--checkpoint", help="WavLM checkpoint; default: a random WavLM Base+-shaped one")
     p.add_argument("--shape", default="base_plus", choices=["base_plus", "large", "tiny"],
@@ -394,7 +394,11 @@ def main(argv=None):
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--serving-child", help=argparse.SUPPRESS)
     p.add_argument("--sets-dir", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if args.device is None:
         import torch
 

@@ -85,6 +85,17 @@ def _verify(args):
     return verify_command(args)
 
 
+def _render(args):
+    from s3prl_adapters.tools.render import render_file
+
+    text = render_file(args.json_file)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+
+
 def _default_device() -> str:
     import torch
 
@@ -164,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="*", metavar="A.wav B.wav", help="the two recordings")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_verify)
+
+    p = sub.add_parser("render", help="a results.json of run_benchmarks.sh or a bench --json output as the Markdown "
+                                      "tables the docs show")
+    p.add_argument("json_file", metavar="JSON")
+    p.add_argument("-o", "--output", help="write the Markdown here (default: standard output)")
+    p.set_defaults(func=_render)
 
     p = sub.add_parser("submit", help="validate S3PRL test predictions and zip them in the SUPERB layout")
     from s3prl_adapters.tools.submission import add_arguments
