@@ -11,10 +11,20 @@ from s3prl_adapters.errors import UserError
 from s3prl_adapters.tasks.base import Task
 
 
-def _cli(argv):
+THEN = "--then"
+
+
+def _cli_commands(argv):
+    """`s3prl-adapters A ... --then B ...`: the commands one after another in one process (a forked run)."""
     from s3prl_adapters.tools.cli import main
 
-    main(list(argv))
+    command = []
+    for word in list(argv) + [THEN]:
+        if word == THEN:
+            main(command)
+            command = []
+        else:
+            command.append(word)
 
 
 def reproduce(task: Task, expdir: str, fold: Optional[int], ckpt: str, backbone: str, metric_percent: float,
@@ -27,18 +37,20 @@ def reproduce(task: Task, expdir: str, fold: Optional[int], ckpt: str, backbone:
     os.makedirs(folder, exist_ok=True)
     log = os.path.join(folder, "reproduce.log")
     adapter = os.path.join(folder, f"{task.key}.adapter")
-    run_in_child(_cli, ["export", ckpt, "-o", adapter, "--backbone", backbone, "--no-threshold", "--device", device],
-                 log, threads, name="s3prl-adapters export")
     files = task.test_files(expdir, fold)
     listing = os.path.join(folder, "test_files.txt")
     with open(listing, "w") as f:
         f.writelines(f"{path}\n" for path in dict.fromkeys(files.values()))
     answers_path = os.path.join(folder, "answers.jsonl")
+    if os.path.exists(answers_path):
+        os.remove(answers_path)
     failed = None
-    try:
-        run_in_child(_cli, ["predict", "--backbone", backbone, "--adapters", adapter, listing, "-o", answers_path,
-                            "--batch-size", "1", "--embeddings", os.path.join(folder, "embeddings"), "--device", device],
-                     log, threads, name="s3prl-adapters predict")
+    try:  # one forked process for both (the fork server has torch and S3PRL imported)
+        run_in_child(_cli_commands, ["export", ckpt, "-o", adapter, "--backbone", backbone, "--no-threshold",
+                                     "--device", device, THEN,
+                                     "predict", "--backbone", backbone, "--adapters", adapter, listing, "-o", answers_path,
+                                     "--batch-size", "1", "--embeddings", os.path.join(folder, "embeddings"),
+                                     "--device", device], log, threads, name="s3prl-adapters export + predict")
     except UserError as e:  # some file failed: its line says why; the others are still compared
         failed = str(e)
         if not os.path.exists(answers_path):
