@@ -20,7 +20,7 @@ from s3prl_adapters.tools.submission import build_submission
 def smoke(tiny_ckpt, mini_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     cmd = ["bash", os.path.join(REPO, "run_benchmarks.sh"), "--tasks", "emotion", "--methods", "frozen", "ladapter",
-           "--steps", "6", "--mini-root", mini_corpus, "--backbone", tiny_ckpt, "-o", str(out)]
+           "--steps", "6", "--mini-root", mini_corpus, "--backbone", tiny_ckpt, "-o", str(out), "--no-reproduce"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc
@@ -73,7 +73,8 @@ def test_predict_zip_per_method_is_valid(smoke):
 def test_rerun_skips_finished_runs(smoke, tiny_ckpt, mini_corpus):
     out, _ = smoke
     proc = subprocess.run(["bash", os.path.join(REPO, "run_benchmarks.sh"), "--tasks", "emotion", "--methods", "frozen",
-                           "ladapter", "--steps", "6", "--mini-root", mini_corpus, "--backbone", tiny_ckpt, "-o", str(out)],
+                           "ladapter", "--steps", "6", "--mini-root", mini_corpus, "--backbone", tiny_ckpt, "-o", str(out),
+                           "--no-reproduce"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stderr.count("cached") == 2 and " start " not in proc.stderr
 
@@ -121,7 +122,8 @@ def test_a_killed_benchmark_resumes_bit_identically(tiny_ckpt, mini_corpus, tmp_
 
     def cmd(out):
         return ["bash", os.path.join(REPO, "run_benchmarks.sh"), "--tasks", "fluent_commands", "--methods", "ladapter",
-                "--steps", "8", "--mini-root", mini_corpus, "--backbone", tiny_ckpt, "-o", str(out), "--jobs", "1"]
+                "--steps", "8", "--mini-root", mini_corpus, "--backbone", tiny_ckpt, "-o", str(out), "--jobs", "1",
+                "--no-reproduce"]
 
     reference = subprocess.run(cmd(tmp_path / "reference"), capture_output=True, text=True, timeout=600)
     assert reference.returncode == 0, reference.stderr[-3000:]

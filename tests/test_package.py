@@ -75,6 +75,7 @@ def _run(venv, tool, *argv, cwd):
 def test_the_installed_package_trains_and_predicts_outside_the_repository(installed, tiny_fsc, tmp_path):
     where = _run(installed, "python", "-c", "import s3prl_adapters, s3prl_adapters.paths as p; "
                  "print(s3prl_adapters.__file__); print(p.CONFIG_ROOT); print(p.DEFAULT_BACKBONE)", cwd=tmp_path)
+    assert where.returncode == 0, where.stderr[-2000:]
     package, configs, backbone = where.stdout.split()
     assert package.startswith(str(installed)) and configs.startswith(str(installed)), where.stdout
     assert not any(p.startswith(REPO) for p in (package, configs, backbone))

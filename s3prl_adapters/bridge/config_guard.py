@@ -248,10 +248,19 @@ def check_config(config: dict, downstream: str, source: str) -> None:
         check_modelrc(expert_config["modelrc"], downstream, source)
 
 
+def available_tasks() -> List[str]:
+    """S3PRL's recipes: the folders of s3prl/downstream with an expert.py."""
+    from pathlib import Path
+
+    import s3prl.downstream
+
+    root = Path(s3prl.downstream.__file__).parent
+    return sorted(p.name for p in root.iterdir() if (p / "expert.py").is_file())
+
+
 def check_args(args, source: str) -> None:
     """The `Args` of a checkpoint: the names S3PRL's runner looks up a class or module by."""
     from s3prl_adapters.bridge.hubconf import UPSTREAMS
-    from s3prl_adapters.bridge.launcher import available_tasks
 
     c = _Checker(source)
     downstream = getattr(args, "downstream", None)

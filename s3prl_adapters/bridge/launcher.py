@@ -13,19 +13,13 @@ from typing import List, Optional
 
 from s3prl_adapters.errors import UserError
 
+from s3prl_adapters.bridge.config_guard import available_tasks
 from s3prl_adapters.paths import CONFIG_ROOT
 
 
 def shipped_config(task: str) -> Optional[Path]:
     path = Path(CONFIG_ROOT) / task / "config.yaml"
     return path if path.is_file() else None
-
-
-def available_tasks() -> List[str]:
-    import s3prl.downstream
-
-    root = Path(s3prl.downstream.__file__).parent
-    return sorted(p.name for p in root.iterdir() if (p / "expert.py").is_file())
 
 
 def _peek(argv: List[str]) -> argparse.Namespace:
@@ -83,11 +77,10 @@ def _check_run_checkpoint(path: str, what: str) -> None:
 
     ckpt = read_checkpoint(path, what=what)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("Args"), argparse.Namespace):
-        raise UserError(f"{what}: {path} is not an S3PRL experiment checkpoint (no 'Args')" if path not in what else
-                        f"{what}: not an S3PRL experiment checkpoint (no 'Args')")
-    check_checkpoint(ckpt, path)
+        raise UserError(f"{what} {path}: not an S3PRL experiment checkpoint (no 'Args')")
     past = ckpt["Args"]
-    _check_backbone_file(getattr(past, "upstream", None), getattr(past, "upstream_ckpt", None), f"{what}: its -k")
+    _check_backbone_file(getattr(past, "upstream", None), getattr(past, "upstream_ckpt", None), f"{what} {path}: its -k")
+    check_checkpoint(ckpt, path)
 
 
 def prepare_argv(argv: List[str]) -> List[str]:
@@ -101,7 +94,7 @@ def prepare_argv(argv: List[str]) -> List[str]:
     argv = compat.torchrun_sets_only_local_rank(argv)
     resumed = _resumed_checkpoint(args)
     if resumed:
-        _check_run_checkpoint(resumed, f"-e {args.past_exp}" if args.past_exp else f"-a ({args.expdir or args.expname})")
+        _check_run_checkpoint(resumed, "-e" if args.past_exp else "-a")
     if args.past_exp:
         if not os.path.exists(args.past_exp):
             raise UserError(f"-e {args.past_exp}: no such checkpoint or experiment directory")

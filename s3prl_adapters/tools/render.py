@@ -8,7 +8,14 @@ from s3prl_adapters.errors import UserError
 
 def render_file(path: str) -> str:
     """A run_benchmarks.sh results.json (the results table, Δ table and notes), a `bench --json` output (the
-    cost table) or a `bench --serving --json` output (the serving table)."""
+    cost table), a `bench --serving --json` output (the serving table), or the downstream configs folder
+    (the shipped learning-rate search: chosen settings per method and task)."""
+    import os
+
+    if os.path.isdir(path):
+        from s3prl_adapters.tools.search_record import summary_markdown
+
+        return summary_markdown(path)
     try:
         with open(path) as f:
             data = json.load(f)

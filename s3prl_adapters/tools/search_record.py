@@ -123,3 +123,49 @@ def shipped_trials(task: str) -> Optional[int]:
             counts.append(sum(1 for r in study_rows(task, name[:-4]) if r["state"] in ("COMPLETE", "PRUNED", "FAIL")
                               and not r.get("note", "").startswith(("killed", "surplus"))))
     return min(counts) if counts else None
+
+
+def summary_markdown(root: str = None) -> str:
+    """The shipped search in one table: per task and method, the settings of the best trial on dev (as
+    tune.best_trial picks it, from the journal), its dev value and how the trials ended."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    from s3prl_adapters.tasks import TASKS
+    from s3prl_adapters.tools.catalogue import METHODS
+    from s3prl_adapters.tools.tune import best_trial
+
+    root = root or CONFIG_ROOT
+    tasks = _recorded_tasks(root)
+    lines = ["| Method | " + " | ".join(f"{TASKS[t].title.split(' ')[0]} (dev {TASKS[t].metric})" for t in tasks) + " |",
+             "|" + "---|" * (len(tasks) + 1)]
+    studies = {t: JournalStorage(JournalFileBackend(os.path.join(root, t, "mini_search", "study.journal"))) for t in tasks}
+    for method in METHODS:
+        row = [METHODS[method].title]
+        for task in tasks:
+            try:
+                study = optuna.load_study(study_name=method, storage=studies[task])
+            except KeyError:
+                row.append("–")
+                continue
+            trials = [t for t in study.trials if not t.user_attrs.get("superseded")]
+            best = best_trial(study)
+            if best is None:
+                row.append("no trial completed")
+                continue
+            settings = best.user_attrs.get("settings") or {}
+            shown = [f"{k} {settings[k]:g}" for k in ("l_adapter", "e_adapter", "lora", "encoder") if settings.get(k)]
+            if "backbone_dropout" in settings:
+                shown.append("dropout " + ("on" if settings["backbone_dropout"] else "off"))
+            counts = (f"{len(trials)} trial{'s' if len(trials) > 1 else ''}: "
+                      f"{sum(t.state.name == 'COMPLETE' for t in trials)} complete, "
+                      f"{sum(t.state.name == 'PRUNED' for t in trials)} pruned")
+            row.append(f"{', '.join(shown) or 'nothing to search'} → {best.value:.2f} (trial {best.number}; {counts})")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _recorded_tasks(root: str):
+    from s3prl_adapters.tasks import TASKS
+
+    return [t for t in TASKS if os.path.isdir(os.path.join(root, t, "mini_search"))]

@@ -242,14 +242,25 @@ def trial_rows(study) -> List[dict]:
     return rows
 
 
+def best_trial(study):
+    """The completed trial with the best dev value; among equal values, the earliest (Optuna leaves ties
+    to its storage's order). None while no trial has completed."""
+    from optuna.trial import TrialState
+
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if not done:
+        return None
+    sign = -1.0 if study.direction.name == "MAXIMIZE" else 1.0
+    return min(done, key=lambda t: (sign * t.value, t.number))
+
+
 def best_sections(study, space: SearchSpace, config: dict) -> Optional[dict]:
     """The config sections of the best trial: adapter_optimizer.<upstream> (every group, the head at the
     config's rate) and backbone_dropout.<upstream>; None while no trial has completed."""
     from s3prl_adapters.bridge.optimizer_groups import DROPOUT_SECTION
 
-    try:
-        best = study.best_trial
-    except ValueError:
+    best = best_trial(study)
+    if best is None:
         return None
     settings = best.user_attrs.get("settings") or dict(best.params)
     trainee, up = space.trainee, space.trainee.upstream
@@ -298,7 +309,7 @@ def write_outputs(study, out: str, space: SearchSpace, setup: TrialSetup) -> Opt
     _atomic_write(os.path.join(out, "trials.csv"), buffer.getvalue())
     sections = best_sections(study, space, setup.config)
     if sections is not None:
-        best = study.best_trial
+        best = best_trial(study)
         head = (f"# s3prl-adapters tune: study {study.study_name}, best of {len(rows)} trials: trial {best.number}, "
                 f"dev {setup.task.metric} {best.value:.4g} ({setup.task.name}); paste into the downstream config\n")
         _atomic_write(os.path.join(out, "best.yaml"), head + yaml.safe_dump(sections, sort_keys=False,
