@@ -59,8 +59,9 @@ def installed(dist, tmp_path_factory):
     with open(os.path.join(site, "zz_s3prl_adapters_dependencies.pth"), "w") as f:
         f.write(deps + "\n")
     wheel = glob.glob(str(dist / "*.whl"))[0]
-    proc = subprocess.run([python, "-m", "pip", "install", "--no-deps", "--no-index", "-q", wheel],
-                          capture_output=True, text=True, timeout=600)
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    proc = subprocess.run([python, "-m", "pip", "install", "--no-deps", "--no-index", "--force-reinstall", "-q", wheel],
+                          capture_output=True, text=True, timeout=600, cwd=str(venv), env=clean)  # not the repository
     assert proc.returncode == 0, proc.stderr[-2000:]
     return venv
 

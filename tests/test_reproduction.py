@@ -16,11 +16,43 @@ from s3prl_adapters.tools.catalogue import METHODS
 TASKS = ["asr", "fluent_commands", "emotion", "sv_voxceleb1"]
 
 
+def _keep(path, rows, header=0):
+    """Replace a linked list file by a real one holding its first `rows` entries (after `header` lines)."""
+    lines = open(path).read().splitlines(keepends=True)
+    os.remove(path)
+    with open(path, "w") as f:
+        f.writelines(lines[:header + rows])
+
+
 @pytest.fixture(scope="module")
-def every_cell(tiny_ckpt, mini_corpus, tmp_path_factory):
+def small_corpus(mini_corpus, tmp_path_factory):
+    """The default stand-ins with short evaluation lists (audio linked, lists cut): a small benchmark whose
+    every run still trains, selects on dev, tests and is reproduced."""
+    import json
+    import shutil
+
+    root = str(tmp_path_factory.mktemp("small") / "mini_superb")
+    shutil.copytree(mini_corpus, root, copy_function=os.symlink)
+    for split in ("dev-clean", "test-clean"):
+        _keep(os.path.join(root, "LibriSpeech", "len_for_bucket", f"{split}.csv"), 12, header=1)
+    for split in ("valid", "test"):
+        _keep(os.path.join(root, "fluent_speech_commands", "data", f"{split}_data.csv"), 40, header=1)
+    for part, rows in (("train", 100), ("test", 40)):  # ER's dev split is a fifth of its train list
+        path = os.path.join(root, "IEMOCAP", "meta_data", "Session1", f"{part}_meta_data.json")
+        meta = json.load(open(path))
+        os.remove(path)
+        meta["meta_data"] = meta["meta_data"][:rows]
+        json.dump(meta, open(path, "w"))
+    _keep(os.path.join(root, "VoxCeleb1", "test_trials.txt"), 60)
+    _keep(os.path.join(root, "VoxCeleb1", "dev_trials.txt"), 30)
+    return root
+
+
+@pytest.fixture(scope="module")
+def every_cell(tiny_ckpt, small_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("every_cell")
     proc = subprocess.run(["bash", os.path.join(REPO, "run_benchmarks.sh"), "--tasks", *TASKS, "--methods", *METHODS,
-                           "--steps", "2", "--mini-root", mini_corpus, "--backbone", tiny_ckpt, "-o", str(out)],
+                           "--steps", "2", "--mini-root", small_corpus, "--backbone", tiny_ckpt, "-o", str(out)],
                           capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, json.load(open(out / "results.json"))["runs"]

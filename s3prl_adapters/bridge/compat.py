@@ -208,6 +208,7 @@ def sv_dev_scoring_reads_the_test_trials() -> None:
             self.test_dataset = test
 
     log_records._s3prl_adapters_patch = True
+    log_records._s3prl_adapters_original = original
     cls.log_records = log_records
 
 
