@@ -50,6 +50,7 @@ def run_study(method: str, variant: str, args, out: str) -> dict:
     if spec.upstream != "wavlm_local":
         command += ["-g", args.adapter_yaml]
     shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
     start = time.monotonic()
     with open(f"{out}.log", "w") as log:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
