@@ -186,6 +186,13 @@ class Benchmark:
         if os.path.exists(result_path) and not a.force:
             with open(result_path) as f:
                 result = json.load(f)
+            now = self.rates_of(run)
+            if "rates" in result and (now["rates"], now["backbone_dropout"]) != (result["rates"], result["backbone_dropout"]):
+                print(f"[benchmark] {run.label}: kept result trained with other rates or dropout than the config now "
+                      f"gives ({result['rates']}, dropout {result['backbone_dropout']}); --force redoes it", file=sys.stderr)
+            elif "rates" in result:
+                result["rates_source"] = now["rates_source"]  # a description: the current wording
+            result["kept"] = True  # in this invocation's report only, not rewritten to the run's result.json
             self._progress(index, total, run, "cached", result)
             return result
         if a.force and os.path.isdir(run.expdir):
@@ -317,9 +324,11 @@ class Benchmark:
             rates = {"head": float(config["optimizer"]["lr"])}  # S3PRL's one rate: head and Featurizer
         if (run.task, run.method) in self.tuned:
             source = f"tuned on dev now (--tune {self.args.tune})"
-        elif self.embedded_default() and search_record.shipped_trials(run.task):
-            source = (f"tuned on dev: downstream_configs/{run.task}/mini_search "
-                      f"({search_record.shipped_trials(run.task)} trials per method)")
+        elif self.embedded_default() and search_record.shipped_trials(run.task, run.method) == 1:
+            source = "nothing to search (one setting): downstream_configs/<task>/mini.yaml"
+        elif self.embedded_default() and search_record.shipped_trials(run.task, run.method):
+            source = (f"tuned on dev, {search_record.shipped_trials(run.task, run.method)} trials: "
+                      "downstream_configs/<task>/mini_search")
         else:
             source = f"as in {os.path.relpath(self.config_path(run.task), CONFIG_ROOT)}"
         return {"rates": rates, "backbone_dropout": self.backbone_dropout(run.task, run.method), "rates_source": source}

@@ -82,11 +82,18 @@ def results_markdown(results: List[dict], wall_seconds: float = None, cells: Dic
         if on:
             titles = sorted({METHODS[r["method"]].title for r in on})
             where = [TASKS[t].title.split(" ")[0] for t in tasks if any(r["task"] == t for r in on)]
-            notes.append(f"{', '.join(titles)}: {what} (float16; `{cache}` in the README)"
+            notes.append(f"{', '.join(titles)}: {what} (float16 for training; dev and test read float32 entries "
+                         f"computed per file alone, as computing them would give; `{cache}` in the README)"
                          + (f"; in {', '.join(where)}" if len(where) < len(tasks) else "") + ".")
+    alone = [TASKS[t].title.split(" ")[0] for t in tasks if TASKS[t].eval_batch_key]
+    if alone:  # what the benchmark and tune pass (Task.exact_evaluation_overrides): no padding, no batch neighbours
+        notes.append(f"Dev selection and test passes score every file alone (evaluation batch 1) in {', '.join(alone)}, "
+                     "for every method.")
     notes += reproduction_notes(results, tasks, methods) + rates_notes(results, tasks, methods)
     if wall_seconds is not None:
-        notes.append(f"Wall time of this benchmark invocation: {wall_seconds / 60:.1f} min.")
+        kept = sum(1 for r in results if r.get("kept"))
+        notes.append(f"Wall time of this benchmark invocation: {wall_seconds / 60:.1f} min" +
+                     (f" ({kept} of {len(results)} runs kept from an earlier invocation, not rerun)." if kept else "."))
     return "\n".join(lines + notes) + "\n"
 
 

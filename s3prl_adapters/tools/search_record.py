@@ -112,17 +112,12 @@ def write_tuned_block(config_path: str, sections_by_method: Dict[str, dict]) -> 
     os.replace(config_path + ".tmp", config_path)
 
 
-def shipped_trials(task: str) -> Optional[int]:
-    """How many trials each method's shipped study has (the smallest count), None without a record."""
-    counts = []
-    folder = record_dir(task)
-    if not os.path.isdir(folder):
+def shipped_trials(task: str, method: str) -> Optional[int]:
+    """How many trials the shipped study of one method and task ran, None without a record."""
+    if not os.path.exists(os.path.join(record_dir(task), f"{method}.csv")):
         return None
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".csv"):
-            counts.append(sum(1 for r in study_rows(task, name[:-4]) if r["state"] in ("COMPLETE", "PRUNED", "FAIL")
-                              and not r.get("note", "").startswith(("killed", "surplus"))))
-    return min(counts) if counts else None
+    return sum(1 for r in study_rows(task, method) if r["state"] in ("COMPLETE", "PRUNED", "FAIL")
+               and not r.get("note", "").startswith(("killed", "surplus")))
 
 
 def summary_markdown(root: str = None) -> str:
