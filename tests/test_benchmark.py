@@ -77,6 +77,7 @@ def test_rerun_skips_finished_runs(smoke, tiny_ckpt, mini_corpus):
                            "--no-reproduce"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stderr.count("cached") == 2 and " start " not in proc.stderr
+    assert "(2 of 2 runs kept from an earlier invocation, not rerun)" in (out / "results.md").read_text()
 
 
 def _er_expdir(smoke, tmp_path):

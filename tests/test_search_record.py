@@ -49,3 +49,13 @@ def test_mini_yaml_holds_each_study_s_best_trial(record):
             elif rate is not None:
                 assert section[group] == rate, (method, group)
         assert section["head"] == 0.002 and config["optimizer"]["lr"] == 0.002  # every method's head alike
+
+
+@pytest.mark.parametrize("record", RECORDS, ids=[os.path.basename(os.path.dirname(r)) for r in RECORDS])
+def test_each_method_s_trial_count_is_its_own_study_s(record):
+    # the report's rate source names it per method: the frozen sum's one setting must not stand for the others
+    from s3prl_adapters.tools.search_record import shipped_trials
+
+    task = os.path.basename(os.path.dirname(record))
+    assert {m: shipped_trials(task, m) for m in METHODS} == {m: 1 if m == "frozen" else 8 for m in METHODS}
+    assert shipped_trials(task, "no_such_method") is None
