@@ -2,8 +2,9 @@
 with neither (issue 20's target: <= 0.4x).
 
 For each method, two studies of the same N trials (same grid, seed, config, corpus), run side by side
-(one core each, 1 thread) on an otherwise idle 2-core machine; when the shorter one ends, the other has
-the machine alone, which favours the longer one (the plain study), so the ratio errs against the caches:
+(one process each, 1 thread; say with --conditions what else ran); when the shorter one ends, the other
+has more of the machine, which favours the longer one (the plain study), so the ratio errs against the
+caches:
 - "as shipped": tune's defaults, a cache folder shared by the study's trials (frozen-prefix cache for the
   adapter upstreams, feature cache for the states of a frozen backbone; empty at the start, so the first
   trial fills it) and the median pruner on the intermediate dev evaluations;
@@ -73,6 +74,8 @@ def main() -> int:
     p.add_argument("--adapter-yaml", default=None, help="-g (default: the benchmark's width-256 adapters)")
     p.add_argument("--out", default="benchmark_results/search_cost")
     p.add_argument("--markdown", default=None)
+    p.add_argument("--conditions", default="nothing else running",
+                   help="what else ran on the machine meanwhile (said in the table's heading)")
     args = p.parse_args()
     args.mini_root = os.path.abspath(args.mini_root)
     os.makedirs(args.out, exist_ok=True)
@@ -94,8 +97,8 @@ def main() -> int:
     lines = [f"`python scripts/measure_search_cost.py --task {args.task} --methods {' '.join(args.methods)} "
              f"--trials {args.trials}` (stand-ins of `make-mini-superb`, size small, seed 0; the embedded backbone; "
              f"`downstream_configs/{args.task}/mini.yaml`), git {git_hash()}, {cpu_name()}, "
-             f"{os.environ.get('OMP_NUM_THREADS', '?')} thread per process, the two studies of a method side by side "
-             "on an otherwise idle 2-core machine:", "",
+             f"{os.environ.get('OMP_NUM_THREADS', '?')} thread per process, the two studies of a method side by side, "
+             f"{args.conditions}:", "",
              f"| method | upstream | trials | as shipped: s (pruned) | plain: s | × plain | best dev {metric}: shipped / plain |",
              "|---|---|---|---|---|---|---|"]
     for method, r in rows:
