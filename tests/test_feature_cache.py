@@ -94,6 +94,7 @@ def test_evaluation_entries_are_bit_identical_to_computing_alone(l_only, tmp_pat
                 got = l_only([w])["hidden_states"]
                 assert all(torch.equal(g, e) for g, e in zip(got, expected))
     assert (cache.hits, cache.misses) == (3, 6)  # the exact tier missed once per utterance, then hit
+    cache.flush()  # entries reach the disk from a background thread
     names = sorted(os.listdir(next(tmp_path.iterdir())))
     assert len(names) == 6 and sum(n.endswith(".exact.pt") for n in names) == 3
 

@@ -106,6 +106,31 @@ def _tune(out, *extra, fsc, ckpt, timeout=600, env=None):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def test_a_worker_waits_for_the_facts_another_is_writing(tmp_path):
+    """Two workers start at once: the second loads the study between the creator's first and last fact
+    (one write each) and must wait for them, not refuse the study as made for another task."""
+    import threading
+
+    from s3prl_adapters.errors import UserError
+    from s3prl_adapters.tasks import get_task
+    from s3prl_adapters.tools.tune import STUDY_FACTS, make_pruner, make_sampler, open_storage, open_study
+    from s3prl_adapters.tools.tune_objective import TrialSetup
+
+    space = _space("wavlm_ladapter")
+    setup = TrialSetup("wavlm_ladapter", False, get_task("fluent_commands"), CONFIG, {}, seed=3)
+    facts = {k: f"value of {k}" for k in STUDY_FACTS}
+    storage = open_storage(None, str(tmp_path))
+    creator = open_study(storage, "s", setup, space, make_sampler(space, 3), make_pruner(), {})
+    creator.set_user_attr(STUDY_FACTS[0], facts[STUDY_FACTS[0]])  # the creator is half-way through its facts
+    rest = threading.Timer(1.0, lambda: [creator.set_user_attr(k, facts[k]) for k in STUDY_FACTS[1:]])
+    rest.start()
+    study = open_study(storage, "s", setup, space, make_sampler(space, 3), make_pruner(), facts)
+    rest.join()
+    assert study.user_attrs == facts
+    with pytest.raises(UserError, match="created with task"):
+        open_study(storage, "s", setup, space, make_sampler(space, 3), make_pruner(), dict(facts, task="asr"))
+
+
 @pytest.mark.parametrize("flags, message", [
     (["-u", "wavlm_nothing"], "-u wavlm_nothing: unknown upstream"),
     (["-d", "no_such_task"], "-d no_such_task: unknown task"),

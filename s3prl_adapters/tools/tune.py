@@ -102,17 +102,27 @@ def open_study(storage, name: str, setup: TrialSetup, space: SearchSpace, sample
     if study.direction.name.lower() != direction:
         raise UserError(f"--study {name}: an existing study that {study.direction.name.lower()}s; this task's metric "
                         f"wants {direction}: use another --study name")
-    stored = study.user_attrs
-    if not stored:
-        for key, value in facts.items():
-            study.set_user_attr(key, value)
-    else:
-        differs = [k for k in STUDY_FACTS if stored.get(k) != facts.get(k)]
+    stored = _settled_facts(study)
+    for key in [k for k in facts if k not in stored]:  # a new study (or one whose creator died writing them)
+        study.set_user_attr(key, facts[key])
+    if stored:
+        differs = [k for k in STUDY_FACTS if k in stored and stored[k] != facts.get(k)]
         if differs:
             k = differs[0]
             raise UserError(f"--study {name}: it was created with {k} {stored.get(k)!r}, not {facts.get(k)!r}; its "
                             f"trials would not compare with these (use another --study name)")
     return study
+
+
+def _settled_facts(study, wait_s: float = 30.0) -> dict:
+    """The study's facts once its creator has written them all: a worker that loads the study between the
+    creator's first and last set_user_attr (one write each) would otherwise see a fact missing."""
+    deadline = time.monotonic() + wait_s
+    stored = study.user_attrs  # read from the storage each time
+    while stored and any(k not in stored for k in STUDY_FACTS) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        stored = study.user_attrs
+    return stored
 
 
 # ---- the loop -------------------------------------------------------------------------------------
