@@ -324,11 +324,9 @@ class Benchmark:
             rates = {"head": float(config["optimizer"]["lr"])}  # S3PRL's one rate: head and Featurizer
         if (run.task, run.method) in self.tuned:
             source = f"tuned on dev now (--tune {self.args.tune})"
-        elif self.embedded_default() and search_record.shipped_trials(run.task, run.method) == 1:
-            source = "nothing to search (one setting): downstream_configs/<task>/mini.yaml"
-        elif self.embedded_default() and search_record.shipped_trials(run.task, run.method):
-            source = (f"tuned on dev, {search_record.shipped_trials(run.task, run.method)} trials: "
-                      "downstream_configs/<task>/mini_search")
+        elif self.embedded_default() and (shipped := search_record.shipped_trials(run.task, run.method)):
+            source = ("nothing to search (one setting): downstream_configs/<task>/mini.yaml" if shipped == 1 else
+                      f"tuned on dev, {shipped} trials: downstream_configs/<task>/mini_search")
         else:
             source = f"as in {os.path.relpath(self.config_path(run.task), CONFIG_ROOT)}"
         return {"rates": rates, "backbone_dropout": self.backbone_dropout(run.task, run.method), "rates_source": source}

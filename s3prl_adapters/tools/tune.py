@@ -103,14 +103,13 @@ def open_study(storage, name: str, setup: TrialSetup, space: SearchSpace, sample
         raise UserError(f"--study {name}: an existing study that {study.direction.name.lower()}s; this task's metric "
                         f"wants {direction}: use another --study name")
     stored = _settled_facts(study)
+    differs = [k for k in STUDY_FACTS if k in stored and stored[k] != facts.get(k)]
+    if differs:  # refused before anything of ours is written into the study
+        k = differs[0]
+        raise UserError(f"--study {name}: it was created with {k} {stored.get(k)!r}, not {facts.get(k)!r}; its "
+                        f"trials would not compare with these (use another --study name)")
     for key in [k for k in facts if k not in stored]:  # a new study (or one whose creator died writing them)
         study.set_user_attr(key, facts[key])
-    if stored:
-        differs = [k for k in STUDY_FACTS if k in stored and stored[k] != facts.get(k)]
-        if differs:
-            k = differs[0]
-            raise UserError(f"--study {name}: it was created with {k} {stored.get(k)!r}, not {facts.get(k)!r}; its "
-                            f"trials would not compare with these (use another --study name)")
     return study
 
 
