@@ -1,9 +1,20 @@
 """Workarounds for S3PRL 0.4.18 behaviours that break on today's stack or on CPU.
 
 Every workaround lives here, is named after the S3PRL behaviour it corrects, and has a test that
-fails without it (tests/test_compat.py). None edits S3PRL's installed files."""
+fails without it (tests/test_compat.py). None edits S3PRL's installed files.
+
+Who applies them: our `run_downstream.py` launcher (`install_runtime_workarounds`, then
+`install_task_workarounds` for the recipe it runs), the benchmark and `tune`, which run it, and
+nothing else. Importing the package, loading an `.adapter`, exporting and predicting change no
+attribute of torch's or S3PRL's modules (tests/test_side_effects.py); where they need a recipe's
+module that only imports with a workaround in place, `recipe_module` installs it for the import
+alone and takes it away again. A Python process of your own that wants S3PRL's runner with our
+corrections calls `install_runtime_workarounds(device, minutes)` and
+`install_task_workarounds(task)` itself."""
 
 import argparse
+import contextlib
+import importlib
 import os
 import sys
 import types
@@ -319,6 +330,41 @@ def install_task_workarounds(downstream: str) -> None:
     task = find_task(downstream)
     for name in task.workarounds if task else ():
         globals()[name]()
+
+
+IMPORT_WORKAROUNDS = {"speech_commands_imports_catalyst": ("catalyst", "catalyst.data", "catalyst.data.sampler")}
+"""Workarounds a recipe's modules need just to import, and the `sys.modules` names each one installs."""
+
+
+@contextlib.contextmanager
+def _sys_modules_restored(names):
+    saved = {name: sys.modules.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+
+
+def recipe_module(downstream: str, module: str = "expert") -> types.ModuleType:
+    """`s3prl.downstream.<downstream>.<module>`, imported with the import-time workarounds its task names
+    in place for the import only (the KS expert imports catalyst at module top): afterwards
+    `sys.modules` holds no stand-in, so a process that imports the package for inference keeps its own
+    view of catalyst and friends."""
+    from s3prl_adapters.tasks import find_task
+
+    name = f"s3prl.downstream.{downstream}.{module}"
+    if name in sys.modules:
+        return sys.modules[name]
+    task = find_task(downstream)
+    needed = [w for w in (task.workarounds if task else ()) if w in IMPORT_WORKAROUNDS]
+    with _sys_modules_restored([n for w in needed for n in IMPORT_WORKAROUNDS[w]]):
+        for workaround in needed:
+            globals()[workaround]()
+        return importlib.import_module(name)
 
 
 class _RunnerAmp:

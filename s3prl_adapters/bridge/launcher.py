@@ -73,9 +73,9 @@ def _check_run_checkpoint(path: str, what: str) -> None:
     """S3PRL adopts a resumed checkpoint's Args and Config whole: refuse a bad file, and any config
     string that S3PRL would eval() or look a class up by, in one line before it loads."""
     from s3prl_adapters.bridge.config_guard import check_checkpoint
-    from s3prl_adapters.method.backbone import read_checkpoint
+    from s3prl_adapters.method.backbone import S3PRL_RUN, read_checkpoint
 
-    ckpt = read_checkpoint(path, what=what)
+    ckpt = read_checkpoint(path, what=what, allow=S3PRL_RUN)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("Args"), argparse.Namespace):
         raise UserError(f"{what} {path}: not an S3PRL experiment checkpoint (no 'Args')")
     past = ckpt["Args"]

@@ -16,11 +16,9 @@ from s3prl_adapters.inference.adapter_set import AdapterSet
 
 
 def _read_run_checkpoint(path: str) -> dict:
-    from s3prl_adapters.bridge.compat import s3prl_checkpoints_fail_weights_only_load
-    from s3prl_adapters.method.backbone import read_checkpoint
+    from s3prl_adapters.method.backbone import S3PRL_RUN, read_checkpoint
 
-    s3prl_checkpoints_fail_weights_only_load()  # S3PRL stores its Args as an argparse.Namespace
-    ckpt = read_checkpoint(path, what="checkpoint")
+    ckpt = read_checkpoint(path, what="checkpoint", allow=S3PRL_RUN)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("Args"), argparse.Namespace) or "Downstream" not in ckpt:
         raise UserError(f"checkpoint {path}: not a checkpoint written by run_downstream.py (no Args/Downstream)")
     from s3prl_adapters.bridge.config_guard import check_checkpoint

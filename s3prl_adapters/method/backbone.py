@@ -2,7 +2,9 @@
 
 Every load here is weights-only and lands on CPU; failures become one-line `UserError`s."""
 
+import argparse
 import ast
+import contextlib
 import hashlib
 import os
 import pickle
@@ -201,8 +203,33 @@ def make_tiny_wavlm(path: str, layers: int = 3, dim: int = 48, seed: int = 0, la
     return path
 
 
-def read_checkpoint(path: str, what: str = "-k") -> dict:
-    """torch.load(weights_only=True) with the failure modes a user meets turned into one line each."""
+@contextlib.contextmanager
+def _also_unpickled(types_: Tuple[type, ...]):
+    """Weights-only loading that also accepts `types_`, for the duration of the block only (torch's
+    allow-list is process-wide: a load elsewhere in the user's process keeps its own rules)."""
+    serialization = torch.serialization
+    if not types_:
+        yield
+    elif hasattr(serialization, "safe_globals"):  # torch >= 2.5
+        with serialization.safe_globals(list(types_)):
+            yield
+    else:  # torch 2.4: add, then put the list back as it was
+        before = serialization.get_safe_globals()
+        serialization.add_safe_globals(list(types_))
+        try:
+            yield
+        finally:
+            serialization.clear_safe_globals()
+            serialization.add_safe_globals(before)
+
+
+S3PRL_RUN = (argparse.Namespace,)
+"""What a run checkpoint of S3PRL holds beside tensors and containers: its `Args`."""
+
+
+def read_checkpoint(path: str, what: str = "-k", allow: Tuple[type, ...] = ()) -> dict:
+    """torch.load(weights_only=True) with the failure modes a user meets turned into one line each.
+    `allow`: types unpickled besides tensors and plain containers (S3PRL_RUN for run checkpoints)."""
     if not os.path.exists(path):
         raise UserError(f"{what} {path}: no such file")
     if os.path.isdir(path):
@@ -210,7 +237,8 @@ def read_checkpoint(path: str, what: str = "-k") -> dict:
     if not os.access(path, os.R_OK):
         raise UserError(f"{what} {path}: not readable (permission denied)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with _also_unpickled(allow):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "Unsupported global" in str(e):  # a pickled callable/class: the way checkpoints carry code
