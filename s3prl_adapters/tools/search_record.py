@@ -20,7 +20,7 @@ from typing import Dict, Optional
 
 import yaml
 
-from s3prl_adapters.paths import CONFIG_ROOT, REPO_ROOT
+from s3prl_adapters.paths import CONFIG_ROOT, REPO_ROOT, SOURCE_CHECKOUT
 
 BEGIN = "# ---- chosen on dev by ./run_benchmarks.sh --tune (record: mini_search/); written by it, do not edit ----"
 END = "# ---- end of the rates chosen on dev ----"
@@ -38,7 +38,7 @@ def journal(task: str) -> str:
 
 def writable() -> bool:
     """The record is kept in a source checkout only (never inside an installed package)."""
-    return os.path.exists(os.path.join(REPO_ROOT, ".git")) and os.access(CONFIG_ROOT, os.W_OK)
+    return SOURCE_CHECKOUT and os.path.exists(os.path.join(REPO_ROOT, ".git")) and os.access(CONFIG_ROOT, os.W_OK)
 
 
 def cpu_name() -> str:

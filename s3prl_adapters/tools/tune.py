@@ -27,7 +27,7 @@ from typing import List, Optional
 
 import yaml
 
-from s3prl_adapters.errors import UserError
+from s3prl_adapters.errors import UserError, require
 from s3prl_adapters.tools.tune_objective import Objective, TrialFailed, TrialSetup
 from s3prl_adapters.tools.tune_space import DROPOUT, SearchSpace, Trainee, space_key
 
@@ -68,6 +68,8 @@ def open_storage(url: Optional[str], out: str):
             if attempt < 4 and ("already exists" in text or "duplicate key" in text or "UniqueViolation" in text):
                 time.sleep(1.0 + attempt)
                 continue
+            if isinstance(e, ImportError) and url.startswith("postgresql"):
+                require(getattr(e, "name", None) or "psycopg", "postgres", f"--storage {_redacted(url)}")
             first = text.splitlines()[0] if text else type(e).__name__
             raise UserError(f"--storage {_redacted(url)}: cannot open ({first})") from None
 
@@ -454,6 +456,8 @@ def _check_upstream(name: str) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    for module in ("optuna", "matplotlib"):
+        require(module, "tune", "s3prl-adapters tune")
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)  # before the fork server
     import torch
 
