@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU path in one command (see s3prl_adapters/gpu_check.py): bench on the Base+ shape (fp32/bf16/fp16),
 # every method x task on the stand-ins, an fp16 kill + resume, NCCL DDP, the DDP tests; writes
-# gpu_check_out/gpu_report.{md,json}. Without CUDA it prints the plan and exits 0 (CI runs that).
+# gpu_check_out/gpu_report.{md,json} after every step. Without CUDA it says so in one line and exits 1;
+# --plan prints the plan and exits 0.
 # On a machine without network access set S3PRL_ADAPTERS_PYTHON to an interpreter that has the
 # pinned requirements and this package installed (setup.sh is then skipped).
 set -euo pipefail

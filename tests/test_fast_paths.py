@@ -110,8 +110,9 @@ def test_selective_checkpointing_saves_exactly_the_chosen_feed_forward_products(
 def test_bfloat16_autocast_stays_close_and_returns_float32(tmp_path):
     # The pretrained tiny backbone: a random one amplifies rounding errors through its layers.
     backbone = os.path.join(REPO, "s3prl_adapters", "assets", "wavlm_tiny_pretrained.pt")
-    plain = _expert_with(backbone, tmp_path).eval()
-    bf16 = _expert_with(backbone, tmp_path, autocast="bfloat16").eval()
+    settings = {"backbone_dropout": False}  # training mode without dropout: the two differ by precision alone
+    plain = _expert_with(backbone, tmp_path, **settings)
+    bf16 = _expert_with(backbone, tmp_path, autocast="bfloat16", **settings)
     wavs = [0.1 * torch.randn(16000, generator=torch.Generator().manual_seed(1))]
     with torch.no_grad():
         want, got = plain(wavs)["hidden_states"], bf16(wavs)["hidden_states"]
@@ -119,6 +120,18 @@ def test_bfloat16_autocast_stays_close_and_returns_float32(tmp_path):
     for w, g in zip(want, got):
         assert not torch.equal(w, g)  # it really ran in bfloat16 ...
         assert (w - g).norm() / w.norm() < 0.03  # ... and stays near bfloat16's precision (measured ~0.008)
+
+
+def test_evaluation_runs_in_float32_whatever_the_training_autocast(tmp_path):
+    """S3PRL evaluates dev and test in eval mode; there a bf16-trained upstream gives exactly the float32
+    states `predict` computes (inference runs in float32), so a run's recorded answers are reproducible."""
+    backbone = os.path.join(REPO, "s3prl_adapters", "assets", "wavlm_tiny_pretrained.pt")
+    plain = _expert_with(backbone, tmp_path).eval()
+    bf16 = _expert_with(backbone, tmp_path, autocast="bfloat16").eval()
+    wavs = [0.1 * torch.randn(16000, generator=torch.Generator().manual_seed(1))]
+    with torch.no_grad():
+        for w, g in zip(plain(wavs)["hidden_states"], bf16(wavs)["hidden_states"]):
+            assert torch.equal(w, g)
 
 
 @pytest.mark.parametrize("in_float32", [True, False])
@@ -163,3 +176,20 @@ def test_bench_command_prints_every_row(tmp_path):
     table = markdown.read_text()
     assert "| finetune+fp16 | `wavlm_local -f` | runner_fp16: True |" in table
     assert "| ladapter+fp16 | `wavlm_ladapter` | autocast: float16 |" in table
+
+
+def test_a_failed_bench_row_keeps_the_others(tiny_ckpt, tmp_path):
+    """A row whose child fails (here: a row the child does not know) is recorded with its reason; the rows
+    around it are measured, and the tables say which row failed (ratios to a failed baseline read n/a)."""
+    from s3prl_adapters.tools import bench
+
+    rows = [r for r in ROWS if r[0] in ("finetune", "frozen")]
+    results = bench.run_bench(tiny_ckpt, 1, 0.5, 1, 0, "cpu", [rows[0], ("no-such-row", "wavlm_local", False, {}), rows[1]])
+    assert [r["method"] for r in results] == ["finetune", "no-such-row", "frozen"]
+    assert "failed" in results[1] and "step_seconds" in results[0] and "step_seconds" in results[2]
+    meta = {"shape": "tiny", "batch": 1, "seconds": 0.5, "device": "cpu", "threads": 1, "steps": 1, "warmup": 0}
+    table = bench.markdown_table(results, meta)
+    assert "| finetune | `wavlm_local -f` |" in table and "| frozen |" in table
+    assert "Failed rows (not measured): no-such-row: " in table
+    no_baseline = bench.format_table([dict(results[0], failed="out of memory"), results[2]], meta)
+    assert "FAILED finetune: out of memory" in no_baseline and " n/a " in no_baseline

@@ -211,12 +211,27 @@ def run_bench(ckpt, batch, seconds, steps, warmup, device, rows=ROWS) -> list:
                "--threads", os.environ.get("OMP_NUM_THREADS", "1")]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         out, err = proc.communicate()
-        if proc.returncode != 0:
-            raise RuntimeError(f"bench {name} failed: {err.strip().splitlines()[-1:]}")
+        if proc.returncode != 0:  # one row that fails (out of memory, a kernel missing on this GPU) keeps the others
+            why = (err.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+            results.append({"method": name, "upstream": upstream, "failed": why})
+            print(f"[bench] {name}: failed: {why}", file=sys.stderr, flush=True)
+            continue
         result = json.loads(out.strip().splitlines()[-1])
         results.append(result)
         print(f"[bench] {name}: {result['step_seconds']:.3f} s/step", file=sys.stderr, flush=True)
     return results
+
+
+def _measured(results):
+    """(rows that ran, fine-tuning's row or None, the frozen row or None, 'row: why' of each failed row)."""
+    ran = [r for r in results if "failed" not in r]
+    base = lambda name: next((r for r in ran if r["method"] == name), None)  # noqa: E731
+    return ran, base("finetune"), base("frozen"), [f"{r['method']}: {r['failed']}" for r in results if "failed" in r]
+
+
+def _x(value, base, fmt=".2f") -> str:
+    """value / base, or n/a where the baseline row failed."""
+    return format(value / base, fmt) if base else "n/a"
 
 
 def _child_main(args):
@@ -235,8 +250,10 @@ def _added(result) -> float:
 
 
 def format_table(results, meta) -> str:
-    ft = next(r for r in results if r["method"] == "finetune")
-    frozen = next(r for r in results if r["method"] == "frozen")
+    results, ft, frozen, failed = _measured(results)
+    ft_step, ft_peak, ft_added, ft_ckpt = (ft["step_seconds"], ft["peak_memory_mb"], _added(ft),
+                                           ft["upstream_checkpoint_bytes"]) if ft else (None,) * 4
+    frozen_infer = frozen and frozen["inference_seconds"]
     lines = [
         f"{meta['shape']}, batch {meta['batch']} x {meta['seconds']} s, device {meta['device']} ({meta.get('machine', '?')}), "
         f"{meta['threads']} thread(s), median of {meta['steps']} steps after {meta['warmup']} warm-up",
@@ -246,12 +263,13 @@ def format_table(results, meta) -> str:
     ]
     for r in results:
         lines.append(
-            f"{r['method']:26s} {r['step_seconds']:8.3f} {r['step_seconds'] / ft['step_seconds']:6.2f} "
-            f"{r['peak_memory_mb']:9.0f} {r['peak_memory_mb'] / ft['peak_memory_mb']:6.2f} "
-            f"{_added(r):7.0f} {_added(r) / _added(ft):6.2f} "
-            f"{r['inference_seconds']:8.3f} {r['inference_seconds'] / frozen['inference_seconds']:9.2f} "
-            f"{r['upstream_checkpoint_bytes'] / 1e6:8.2f} {r['upstream_checkpoint_bytes'] / ft['upstream_checkpoint_bytes']:6.3f} "
+            f"{r['method']:26s} {r['step_seconds']:8.3f} {_x(r['step_seconds'], ft_step):>6s} "
+            f"{r['peak_memory_mb']:9.0f} {_x(r['peak_memory_mb'], ft_peak):>6s} "
+            f"{_added(r):7.0f} {_x(_added(r), ft_added):>6s} "
+            f"{r['inference_seconds']:8.3f} {_x(r['inference_seconds'], frozen_infer):>9s} "
+            f"{r['upstream_checkpoint_bytes'] / 1e6:8.2f} {_x(r['upstream_checkpoint_bytes'], ft_ckpt, '.3f'):>6s} "
             f"{r['trainable_params']:12,d}")
+    lines += [f"FAILED {line}" for line in failed]
     return "\n".join(lines)
 
 
@@ -334,9 +352,12 @@ def serving_table(results, meta) -> str:
 
 
 def markdown_table(results, meta) -> str:
-    """The table as Markdown, each row with its switches and every ratio against fine-tuning in float32."""
-    ft = next(r for r in results if r["method"] == "finetune")
-    frozen = next(r for r in results if r["method"] == "frozen")
+    """The table as Markdown, each row with its switches and every ratio against fine-tuning in float32;
+    rows that failed are listed under it with their reason."""
+    results, ft, frozen, failed = _measured(results)
+    ft_step, ft_peak, ft_added, ft_ckpt = (ft["step_seconds"], ft["peak_memory_mb"], _added(ft),
+                                           ft["upstream_checkpoint_bytes"]) if ft else (None,) * 4
+    frozen_infer = frozen and frozen["inference_seconds"]
     lines = [
         f"{meta['shape']}, batch {meta['batch']} x {meta['seconds']} s, {meta['device']} ({meta.get('machine', '?')}), "
         f"{meta['threads']} thread(s), median of {meta['steps']} steps after {meta['warmup']} warm-up",
@@ -349,11 +370,12 @@ def markdown_table(results, meta) -> str:
         switches = ", ".join(f"{k}: {v}" for k, v in r["settings"].items()) or "-"
         lines.append(
             f"| {r['method']} | `{r['upstream']}` | {switches} | {r['step_seconds']:.3f} | "
-            f"{r['step_seconds'] / ft['step_seconds']:.2f} | {r['peak_memory_mb']:.0f} | "
-            f"{r['peak_memory_mb'] / ft['peak_memory_mb']:.2f} | {_added(r):.0f} | {_added(r) / _added(ft):.2f} | "
-            f"{r['inference_seconds']:.3f} | {r['inference_seconds'] / frozen['inference_seconds']:.2f} | "
-            f"{r['upstream_checkpoint_bytes'] / 1e6:.1f} | "
-            f"{r['upstream_checkpoint_bytes'] / ft['upstream_checkpoint_bytes']:.3f} |")
+            f"{_x(r['step_seconds'], ft_step)} | {r['peak_memory_mb']:.0f} | "
+            f"{_x(r['peak_memory_mb'], ft_peak)} | {_added(r):.0f} | {_x(_added(r), ft_added)} | "
+            f"{r['inference_seconds']:.3f} | {_x(r['inference_seconds'], frozen_infer)} | "
+            f"{r['upstream_checkpoint_bytes'] / 1e6:.1f} | {_x(r['upstream_checkpoint_bytes'], ft_ckpt, '.3f')} |")
+    if failed:
+        lines += ["", "Failed rows (not measured): " + "; ".join(failed)]
     return "\n".join(lines) + "\n"
 
 
@@ -443,6 +465,8 @@ def main(argv=None):
         with open(args.markdown, "w") as f:
             f.write(markdown_table(results, meta))
     print(json.dumps({"meta": meta, "results": results}, indent=1) if args.json else format_table(results, meta))
+    if any("failed" in r for r in results):
+        sys.exit(1)  # the rows that ran are printed and written; the exit status says that some did not
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ without stopping the rest; a global time budget skips what no longer fits):
      loss-scaler state restored, final tensors compared with an uninterrupted run;
   4. `torchrun` DDP with NCCL over every visible GPU (world size 1 with one GPU), then a resume;
   5. the DDP tests (`tests/test_ddp.py`, gloo, `--device cpu`) on this host with its GPU(s).
-Writes OUT/gpu_report.md and OUT/gpu_report.json. Without CUDA it prints the plan and exits 0."""
+Writes OUT/gpu_report.md and OUT/gpu_report.json after every step. Without CUDA it says so in one line and
+exits 1 (`--plan` prints the plan and exits 0)."""
 
 import argparse
 import glob
@@ -22,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
-from s3prl_adapters.paths import CONFIG_ROOT, DEFAULT_BACKBONE, REPO_ROOT as REPO
+from s3prl_adapters.paths import CONFIG_ROOT, DEFAULT_BACKBONE, REPO_ROOT as REPO, SOURCE_CHECKOUT, code_version
 BIN = os.path.dirname(sys.executable)
 
 
@@ -87,11 +88,12 @@ class GpuCheck:
         result = self._call([_tool("s3prl-adapters"), "bench", "--device", self.args.device, "--shape", "base_plus",
                              "--steps", str(self.args.bench_steps), "--warmup", "2", "--json", "--markdown", md],
                             os.path.join(self.out, "bench.log"), timeout=min(300, self._left()), stdout_path=table)
-        if result["rc"] == 0:
+        if os.path.exists(md) and os.path.getsize(table):  # bench writes every row that ran, also when one failed
             with open(table) as f:
                 result["table"] = json.load(f)
             with open(md) as f:
                 result["markdown"] = f.read()
+            result["failed_rows"] = [r["method"] for r in result["table"]["results"] if "failed" in r]
         return result
 
     def standins(self) -> dict:
@@ -211,7 +213,7 @@ class GpuCheck:
         from s3prl_adapters.tools.bench import machine_name
 
         machine = {"gpu": machine_name(self.args.device), "gpus": torch.cuda.device_count(), "torch": torch.__version__,
-                   "cuda": torch.version.cuda, "device": self.args.device, "git": _git_commit()}
+                   "cuda": torch.version.cuda, "device": self.args.device, "git": code_version()}
         print(self.plan(), file=sys.stderr)
         for step in self.steps:
             if step.name not in self.args.only:
@@ -229,22 +231,20 @@ class GpuCheck:
             step.result.setdefault("seconds", round(time.time() - start, 1))
             print(f"[gpu_check] {step.name}: {step.result.get('rc')} "
                   f"({step.result.get('seconds', '?')} s)", file=sys.stderr, flush=True)
-        report = {"machine": machine, "seconds": round(time.time() - self.started, 1),
-                  "steps": {s.name: s.result for s in self.steps}}
-        with open(os.path.join(self.out, "gpu_report.json"), "w") as f:
-            json.dump(report, f, indent=1, default=str)
-        with open(os.path.join(self.out, "gpu_report.md"), "w") as f:
-            f.write(_markdown(report))
+            self.write_report(machine)  # each step's result as soon as it exists: a machine taken away keeps them
+        self.write_report(machine)
         print(f"wrote {self.out}/gpu_report.md and gpu_report.json", file=sys.stderr)
         return 0 if all(s.result.get("rc") in (0, "not selected") for s in self.steps) else 1
 
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
+    def write_report(self, machine: dict) -> None:
+        report = {"machine": machine, "seconds": round(time.time() - self.started, 1),
+                  "steps": {s.name: s.result or {"rc": "not run yet"} for s in self.steps}}
+        for name, text in (("gpu_report.json", json.dumps(report, indent=1, default=str)),
+                           ("gpu_report.md", _markdown(report))):
+            tmp = os.path.join(self.out, f".{name}.tmp")
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.replace(tmp, os.path.join(self.out, name))
 
 
 def _markdown(report: dict) -> str:
@@ -285,16 +285,25 @@ def main(argv=None) -> None:
     p.add_argument("--fp16-steps", type=int, default=40, help="steps of the fp16 kill + resume runs")
     p.add_argument("--jobs", type=int, default=4, help="stand-in runs at a time (they share the GPU)")
     p.add_argument("--only", nargs="+", default=["bench", "standins", "fp16_resume", "nccl_ddp", "ddp_tests"])
-    p.add_argument("--dry-run", action="store_true", help="print the plan and exit (the default without CUDA)")
+    p.add_argument("--plan", "--dry-run", dest="plan", action="store_true", help="print the plan and exit 0")
     p.add_argument("--device", default="cuda", help="'cpu' runs the same steps on the CPU (a smoke run of this script)")
     args = p.parse_args(argv)
     check = GpuCheck(args)
+    if args.plan:
+        print(check.plan())
+        return
     import torch
 
-    if args.dry_run or (args.device.startswith("cuda") and not torch.cuda.is_available()):
-        print(check.plan())
-        print("no CUDA device here: nothing was run (dry run)" if not torch.cuda.is_available() else "dry run")
-        return
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"gpu_check: error: no CUDA device here (torch {torch.__version__}, CUDA build "
+              f"{torch.version.cuda or 'none'}): nothing was run; --plan prints the plan, --device cpu smoke-runs it",
+              file=sys.stderr)
+        sys.exit(1)
+    if "ddp_tests" in args.only and not SOURCE_CHECKOUT:
+        print("gpu_check: error: the ddp_tests step runs the repository's tests, which the installed package does not "
+              "carry: run scripts/gpu_check.sh in a source checkout, or leave the step out with --only",
+              file=sys.stderr)
+        sys.exit(2)
     sys.exit(check.run())
 
 
