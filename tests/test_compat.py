@@ -284,3 +284,52 @@ def test_run_downstream_gets_the_lazy_hub_before_s3prl_s_runner_imports_the_real
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["True", "False"]  # S3PRL's runner imported, no other upstream family
+
+
+_OUT_OF_MEMORY_AT = """
+import sys
+from s3prl.downstream.fluent_commands import expert
+from s3prl_adapters.bridge import launcher
+
+failing = {int(n) for n in sys.argv[1].split(",")}
+calls = [0]
+forward = expert.DownstreamExpert.forward
+
+def forward_that_runs_out_of_memory(self, mode, *args, **kwargs):
+    if mode == "train":
+        calls[0] += 1
+        if calls[0] in failing:  # what torch raises when a CUDA allocation fails
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+    return forward(self, mode, *args, **kwargs)
+
+expert.DownstreamExpert.forward = forward_that_runs_out_of_memory
+launcher.main(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("failing, share, ok", [("3", 0.2, True), ("2,4,6,8", 0.2, False)])
+def test_batches_skipped_for_out_of_memory_are_counted_and_limited(tiny_ckpt, tiny_fsc, tmp_path, failing, share, ok):
+    """S3PRL skips a batch that runs out of GPU memory with one printed line: the run says how many it skipped
+    and records them; past runner.max_skipped_share of its batches it stops in one line."""
+    import json
+    import os
+
+    script = tmp_path / "oom_launcher.py"
+    script.write_text(_OUT_OF_MEMORY_AT)
+    expdir = tmp_path / "exp"
+    overrides = (f"config.runner.total_steps=10,,config.runner.log_step=5,,config.runner.eval_step=100,,"
+                 f"config.runner.save_step=10,,config.runner.max_skipped_share={share},,"
+                 f"config.downstream_expert.datarc.num_workers=0,,config.downstream_expert.datarc.file_path='{tiny_fsc}'")
+    proc = subprocess.run([sys.executable, str(script), failing, "-m", "train", "-u", "wavlm_ladapter", "-k", tiny_ckpt,
+                           "-d", "fluent_commands", "-p", str(expdir), "--device", "cpu", "-o", overrides],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    if ok:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "1 training batch(es) ran out of GPU memory and were skipped (steps [" in proc.stderr
+        assert json.load(open(expdir / "skipped_batches.json"))["skipped_batches"] == 1
+        assert (expdir / "states-10.ckpt").exists()  # the skipped batch did not count as a step
+    else:
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("run_downstream.py: error:")]
+        assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+        assert errors[0].startswith("run_downstream.py: error: 2 of 4 training batches ran out of GPU memory")
+        assert "runner.max_skipped_share = 0.2" in errors[0] and "Traceback" not in proc.stderr

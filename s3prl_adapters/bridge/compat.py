@@ -389,6 +389,14 @@ class _RunnerCuda:
     def __getattr__(self, name):
         return getattr(torch.cuda, name)
 
+    @staticmethod
+    def device(device):
+        """S3PRL's out-of-memory handler enters `torch.cuda.device(args.device)`; for a run on another
+        device there is no CUDA cache to empty (and torch refuses a CPU device there)."""
+        if torch.device(device).type != "cuda":
+            return contextlib.nullcontext()
+        return torch.cuda.device(device)
+
 
 class _RunnerTorch:
     """`torch` as S3PRL's runner module sees it, except that `save` to a path is atomic, that a
@@ -512,6 +520,132 @@ def fp16_training_is_unscaled_or_forgets_its_scale(runner_instance, upstream_aut
     _RunnerAmp.training = training
     _RunnerTorch.checkpoint_extras[CHECKPOINT_KEY] = training.checkpoint_entry
     return training
+
+
+def featurizer_keeps_a_padded_frame_per_utterance(featurizer, conv_layers) -> None:
+    """S3PRL's Featurizer keeps round(samples / rate) frames of every utterance, one more than WavLM's
+    CNN makes for it alone at most lengths: in a padded batch that frame is the encoder's output at a
+    padded position, which a batch of one does not have, so an evaluation in batches answers
+    differently from scoring each file alone. In eval mode (dev/test), keep the frames the CNN makes
+    for the utterance alone (method.prefix.frames_alone); training is S3PRL's as it is."""
+    from s3prl_adapters.method.prefix import frames_alone
+
+    original = featurizer.tolist
+
+    def tolist(paired_wavs, paired_feature):
+        features = original(paired_wavs, paired_feature)
+        if featurizer.training:
+            return features
+        return [f[:frames_alone(conv_layers, len(wav))] for f, wav in zip(features, paired_wavs)]
+
+    featurizer.tolist = tolist
+
+
+def wavlm_evaluation_depends_on_batch_mates(wavlm) -> None:
+    """S3PRL's WavLM expert runs the CNN on the zero-padded batch, and WavLM Base's first CNN layer
+    normalises over the padded time axis: evaluated in batches, an utterance's states depend on the
+    lengths of the others. In eval mode, run each utterance's CNN alone and the encoder on the padded
+    batch with its mask (method/prefix.py), as our adapter upstreams do; training is S3PRL's as it is."""
+    from s3prl_adapters.method.prefix import encoder_from_prefix, prefix_alone
+
+    original = wavlm.extract_features
+
+    def extract_features(source, padding_mask=None, mask=False, **kwargs):
+        if wavlm.training or mask or kwargs or padding_mask is None or source.size(0) == 1:
+            return original(source, padding_mask=padding_mask, mask=mask, **kwargs)
+        lengths = (~padding_mask).sum(-1).tolist()
+        rows = [prefix_alone(wavlm, source[i, :n]) for i, n in enumerate(lengths)]
+        output = encoder_from_prefix(wavlm, rows)
+        frames = torch.tensor([len(r) for r in rows], device=output.device)
+        return output, torch.arange(output.size(1), device=output.device)[None] >= frames[:, None]
+
+    wavlm.extract_features = extract_features
+
+
+OOM_MESSAGE = "[Runner] - CUDA out of memory at step"
+"""The line S3PRL's training loop prints when it skips a batch that ran out of GPU memory."""
+
+SKIPPED_BATCHES_FILE = "skipped_batches.json"
+"""In a run's folder: the training batches S3PRL skipped for CUDA out of memory (runner_hook writes it)."""
+
+MAX_SKIPPED_SHARE = 0.01
+"""Default `runner.max_skipped_share`: the share of a run's batches that out-of-memory may skip."""
+
+
+class SkippedBatches:
+    """The batches S3PRL skipped for CUDA out of memory in this run (see cuda_out_of_memory_skips_batches_silently)."""
+
+    def __init__(self, max_share: float):
+        self.max_share, self.steps, self.count = max_share, [], 0
+
+    def record(self, text: str, batches_so_far: int) -> None:
+        self.count += 1
+        self.steps.append(int(text.rsplit(" ", 1)[-1]) if text.rsplit(" ", 1)[-1].isdigit() else None)
+        share = self.count / max(1, batches_so_far)
+        if self.count > 1 and share > self.max_share:
+            from s3prl_adapters.errors import UserError
+
+            raise UserError(f"{self.count} of {batches_so_far} training batches ran out of GPU memory and were skipped "
+                            f"(steps {self.steps[:5]}{'...' if len(self.steps) > 5 else ''}; more than "
+                            f"runner.max_skipped_share = {self.max_share:g}): lower the batch size or the longest "
+                            f"utterances' length, or use checkpoint_activations / autocast (docs/upstreams.md)")
+
+    def summary(self) -> dict:
+        return {"skipped_batches": self.count, "skipped_at_steps": self.steps, "max_skipped_share": self.max_share}
+
+
+def cuda_out_of_memory_skips_batches_silently(runner_instance) -> "SkippedBatches":
+    """S3PRL's training loop catches CUDA out-of-memory, prints one line and skips the batch, every
+    epoch again: the longest LibriSpeech batches can be dropped all run long and nobody is told.
+    Count each skip (from the line it prints, through the runner module's `print`), say the total at
+    the run's end, and stop the run in one line once more than `runner.max_skipped_share` of its
+    batches (default MAX_SKIPPED_SHARE) were skipped."""
+    import builtins
+
+    from s3prl.downstream import runner
+
+    share = runner_instance.config["runner"].get("max_skipped_share", MAX_SKIPPED_SHARE)
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        from s3prl_adapters.errors import UserError
+
+        raise UserError(f"config runner.max_skipped_share: expected a share between 0 and 1, got {share!r}")
+    skipped = SkippedBatches(float(share))
+    seen = [0]  # training batches drawn so far in this process
+    downstream = runner_instance.downstream.model
+    get_dataloader = downstream.get_dataloader
+    train_split = runner_instance.config["runner"].get("train_dataloader", "train")
+
+    def counted(loader):
+        for batch in loader:
+            seen[0] += 1
+            yield batch
+
+    class CountedLoader:
+        def __init__(self, loader):
+            self.loader = loader
+
+        def __iter__(self):
+            return counted(self.loader)
+
+        def __len__(self):
+            return len(self.loader)
+
+        def __getattr__(self, name):
+            return getattr(self.loader, name)
+
+    def counting_get_dataloader(split, *args, **kwargs):
+        loader = get_dataloader(split, *args, **kwargs)
+        return CountedLoader(loader) if split == train_split else loader
+
+    def counting_print(*args, **kwargs):
+        text = " ".join(str(a) for a in args)
+        if text.startswith(OOM_MESSAGE):
+            skipped.record(text, seen[0])
+        return builtins.print(*args, **kwargs)
+
+    downstream.get_dataloader = counting_get_dataloader
+    runner.print = counting_print
+    return skipped
 
 
 def torchrun_sets_only_local_rank(argv: List[str]) -> List[str]:

@@ -108,6 +108,31 @@ class AdapterRunner(Runner):
         self.prefix_cache = self._attach_prefix_cache(prefix_config) if prefix_config else None
         if cache_config or prefix_config:
             self._note_random_train_crop()
+        self._exact_evaluation()
+
+    def _exact_evaluation(self) -> None:
+        """`runner.exact_evaluation` (default true): dev and test batches give every file the answer it gets
+        scored alone (each utterance's CNN alone, the encoder batched with its mask, each utterance's own
+        frames), for WavLM upstreams, ours and S3PRL's; false is S3PRL's padded evaluation."""
+        from s3prl.upstream.wavlm.WavLM import WavLM
+
+        from s3prl_adapters.method.backbone import conv_layers
+        from s3prl_adapters.method.expert import AdapterWavLMExpert
+
+        setting = self.config["runner"].get("exact_evaluation", True)
+        if not isinstance(setting, bool):
+            raise UserError(f"config runner.exact_evaluation: expected true or false, got {setting!r}")
+        upstream = _unwrap(self.upstream.model)
+        upstream = upstream.upstream if isinstance(upstream, CachedUpstream) else upstream
+        wavlm = getattr(upstream, "model", None)
+        if not isinstance(wavlm, WavLM):
+            return  # another upstream family: S3PRL's evaluation as it is
+        if isinstance(upstream, AdapterWavLMExpert):
+            upstream.exact_evaluation = setting
+        elif setting:
+            compat.wavlm_evaluation_depends_on_batch_mates(wavlm)
+        if setting:
+            compat.featurizer_keeps_a_padded_frame_per_utterance(_unwrap(self.featurizer.model), conv_layers(wavlm.cfg))
 
     def _apply_backbone_dropout(self) -> None:
         """`backbone_dropout: {<upstream>: true|false}` in the downstream config: whether the backbone's own
@@ -263,12 +288,39 @@ class AdapterRunner(Runner):
         if compat.fp16_training_is_unscaled_or_forgets_its_scale(self, upstream_fp16):
             print("[s3prl-adapters] fp16: loss scaling on (torch.amp.GradScaler, state kept in checkpoints)",
                   file=sys.stderr)
+        skipped = compat.cuda_out_of_memory_skips_batches_silently(self)
         super().train()
+        self._report_skipped_batches(skipped)
         for name, cache in (("feature", self.feature_cache), ("prefix", self.prefix_cache)):
             if cache is not None:
                 cache.flush()
                 print(f"[s3prl-adapters] {name} cache: {cache.hits} hits, {cache.misses} misses", file=sys.stderr)
         self._note_missing_best_checkpoint()
+
+    def _report_skipped_batches(self, skipped) -> None:
+        """How many batches out-of-memory skipped in this process (it says so when any were), recorded in
+        EXPDIR/skipped_batches.json, added to what earlier processes of the run (before a resume) skipped."""
+        import json
+        import os
+
+        from s3prl.utility.helper import is_leader_process
+
+        if not is_leader_process():
+            return
+        path = os.path.join(self.args.expdir, compat.SKIPPED_BATCHES_FILE)
+        record = skipped.summary()
+        if os.path.exists(path):
+            with open(path) as f:
+                before = json.load(f)
+            record["skipped_batches"] += before.get("skipped_batches", 0)
+            record["skipped_at_steps"] = before.get("skipped_at_steps", []) + record["skipped_at_steps"]
+        with open(path + ".tmp", "w") as f:
+            json.dump(record, f)
+        os.replace(path + ".tmp", path)
+        if record["skipped_batches"]:
+            print(f"[s3prl-adapters] {record['skipped_batches']} training batch(es) ran out of GPU memory and were "
+                  f"skipped (steps {record['skipped_at_steps'][:10]}); the run's limit is runner.max_skipped_share "
+                  f"= {record['max_skipped_share']:g} of its batches", file=sys.stderr)
 
     def _refuse_empty_train_split(self):
         """S3PRL's loop `while step < total_steps` rebuilds the train loader each epoch, so an empty

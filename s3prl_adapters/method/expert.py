@@ -43,6 +43,9 @@ class BackboneStates:
         """Where the frozen prefix comes from when set (the bridge's prefix cache): an object with
         rows(keys, compute) -> one (T, C) row per utterance, which calls compute(i) for the rows it
         does not hold; see method/prefix.py."""
+        self.prefix_alone = False
+        """Compute every utterance's prefix alone, then the encoder on the padded batch (exact
+        evaluation in batches: each utterance's states as a batch of one gives them; method/prefix.py)."""
 
     def __call__(self, wavs: List[torch.Tensor], grad: bool = True) -> List[torch.Tensor]:
         keys = wavs
@@ -53,6 +56,8 @@ class BackboneStates:
             if self.prefix_store is not None:  # the encoder starts from each utterance's stored prefix
                 rows = self.prefix_store.rows(keys, lambda i: prefix_alone(self.wavlm, wavs[i]))
                 encoder_output = encoder_from_prefix(self.wavlm, [r.to(wavs[0].device) for r in rows])
+            elif self.prefix_alone and len(wavs) > 1:
+                encoder_output = encoder_from_prefix(self.wavlm, [prefix_alone(self.wavlm, wav) for wav in wavs])
             else:
                 encoder_output = self._full_pass(wavs)
         layer_inputs = [x.transpose(0, 1) for x in self._captured]  # (T,B,C) -> (B,T,C)
@@ -103,6 +108,11 @@ class AdapterWavLMExpert(nn.Module):
         """Where the L-adapters' inputs come from: None = the backbone, or f(wavs, compute) -> states
         that calls `compute(wavs)` for what it does not have (the bridge's feature cache)."""
         self._states = BackboneStates(self.model)
+        self.exact_evaluation = True
+        """In eval mode (dev/test passes) run each utterance's CNN alone and the encoder on the padded batch
+        with its mask: a batch gives every utterance the states a batch of one gives it (WavLM Base's
+        first CNN layer normalises over the padded time axis). The runner sets it from the downstream
+        config's `runner.exact_evaluation`; False is S3PRL's padded pass."""
 
         if cfg.autocast != "none":
             self._prepare_for_autocast()
@@ -154,7 +164,10 @@ class AdapterWavLMExpert(nn.Module):
         return self._states(wavs, grad=self._backbone_trains)
 
     def forward(self, wavs: List[torch.Tensor]) -> Dict[str, List[torch.Tensor]]:
-        if self.adapter_config.autocast == "none":
+        # autocast speeds up training; dev/test passes (S3PRL evaluates in eval mode) run in float32, as
+        # `predict` does, so a run's recorded answers are the ones its exported set gives
+        self._states.prefix_alone = not self.training and self.exact_evaluation
+        if self.adapter_config.autocast == "none" or not self.training:
             hidden_states = self._hidden_states(wavs)
         else:
             with torch.autocast(wavs[0].device.type, dtype=getattr(torch, self.adapter_config.autocast)):

@@ -16,7 +16,13 @@ loses those padded frames, which the heads then read.
 A stored prefix is each utterance's own, computed alone (`prefix_alone`): in a padded batch WavLM
 Base's first CNN layer normalises over the padded time axis, so the prefix would depend on which
 utterances shared the batch. Alone, it is what a batch of one computes: what `predict` and a batch-1
-evaluation compute, whichever run stored it."""
+evaluation compute, whichever run stored it.
+
+Exact evaluation in batches uses the same cut: each utterance's prefix alone, then the encoder on the
+padded batch with its mask (`encoder_from_prefix`), and each utterance keeps the `frames_alone` its
+CNN makes by itself (S3PRL's Featurizer keeps round(samples / 320) frames, which is one more than the
+CNN makes for most lengths: in a padded batch that extra frame is a padded position's output, which a
+batch of one does not have)."""
 
 from typing import List
 
@@ -51,3 +57,12 @@ def encoder_from_prefix(wavlm: nn.Module, rows: List[torch.Tensor]) -> torch.Ten
         x = x.to(torch.get_autocast_dtype(x.device.type))
     output, _ = wavlm.encoder(wavlm.dropout_input(x), padding_mask=mask)
     return output
+
+
+def frames_alone(conv_layers: List[tuple], samples: int) -> int:
+    """The frames WavLM's CNN makes for an utterance of `samples` alone (no padding): each layer
+    (dim, kernel, stride) maps L samples or frames to floor((L - kernel) / stride) + 1."""
+    length = samples
+    for _, kernel, stride in conv_layers:
+        length = max(0, (length - kernel) // stride + 1)
+    return length

@@ -23,9 +23,9 @@ from s3prl_adapters.tools.launch import run_downstream
 from s3prl_adapters.tools.report import write_reports
 from s3prl_adapters.tools.reproduce import reproduce
 from s3prl_adapters.tools.tune import override_string
-from s3prl_adapters.errors import UserError
+from s3prl_adapters.errors import UserError, require
 
-from s3prl_adapters.paths import CONFIG_ROOT, DEFAULT_BACKBONE, REPO_ROOT as REPO
+from s3prl_adapters.paths import CONFIG_ROOT, DEFAULT_BACKBONE, code_version
 
 
 @dataclass
@@ -52,13 +52,22 @@ def _checkpoint_to_evaluate(expdir: str) -> str:
     return os.path.join(expdir, states[-1])
 
 
+def _skipped_batches(expdir: str) -> int:
+    """Training batches S3PRL skipped for CUDA out of memory in the run (runner_hook writes the file)."""
+    from s3prl_adapters.bridge.compat import SKIPPED_BATCHES_FILE
+
+    path = os.path.join(expdir, SKIPPED_BATCHES_FILE)
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return int(json.load(f).get("skipped_batches", 0))
+
+
 def checkpoint_facts(ckpt_path: str, backbone: str) -> dict:
     """Parameter counts from what the run's checkpoint holds (the optimizer state says what trained)."""
-    from s3prl_adapters.method.backbone import read_checkpoint
-    from s3prl_adapters.bridge.compat import s3prl_checkpoints_fail_weights_only_load
+    from s3prl_adapters.method.backbone import S3PRL_RUN, read_checkpoint
 
-    s3prl_checkpoints_fail_weights_only_load()  # S3PRL checkpoints hold an argparse.Namespace
-    ckpt = read_checkpoint(ckpt_path, what="checkpoint")
+    ckpt = read_checkpoint(ckpt_path, what="checkpoint", allow=S3PRL_RUN)
     backbone_state = read_checkpoint(backbone)["model"]
     numel = lambda tensors: sum(t.numel() for t in tensors)  # noqa: E731
     head = numel(v for k, v in ckpt["Downstream"].items()
@@ -244,6 +253,7 @@ class Benchmark:
             "backbone": self.backbone_path, "git_commit": self.commit, "expdir": run.expdir,
             **checkpoint_facts(ckpt, self.backbone_path),
             "prefix_cache": prefix_cached, "feature_cache": feature_cached,
+            "skipped_batches": _skipped_batches(run.expdir),
             **self.rates_of(run),
             "items": task.test_items(run.expdir, run.fold),  # per-item outcomes: the report's bootstrap
         }
@@ -435,11 +445,7 @@ class Benchmark:
         self.backbone_path = self.backbone()
         self.adapter_yaml = self.adapter_config(self.backbone_path)
         self.ensure_corpus(self.args.tasks)
-        try:
-            self.commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
-                                         text=True).stdout.strip() or "unknown"
-        except OSError:
-            self.commit = "unknown"
+        self.commit = code_version()
         runs = self.plan()
         if self.args.tune:
             self.tuned = self.search(runs)
@@ -508,6 +514,8 @@ def main(argv=None):
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.jobs = args.jobs or (1 if args.device.startswith("cuda") else max(1, min(2, os.cpu_count() or 1)))
     try:
+        for module in ("matplotlib", "optuna"):  # the reports' plots; the shipped search records and --tune
+            require(module, "lab", "run_benchmarks.sh")
         Benchmark(args).run()
     except UserError as e:
         print(f"run_benchmarks.sh: error: {e}", file=sys.stderr)
