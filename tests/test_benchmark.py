@@ -213,10 +213,13 @@ def test_which_runs_read_which_cache(tmp_path):
     assert default[("fluent_commands", "ladapter")] == (True, False)
     assert default[("fluent_commands", "finetune")] == (False, False)
     assert default[("sv_voxceleb1", "frozen")] == (False, False)  # random training crops: never a hit
-    real = caches("--fsc", str(tmp_path))  # a real corpus: states only where asked for (~3.6 GB/h on Base+)
-    assert real[("fluent_commands", "frozen")] == (False, False) and real[("fluent_commands", "ladapter")] == (True, False)
-    asked = caches("--fsc", str(tmp_path), "--feature-cache", str(tmp_path / "fc"))
-    assert asked[("fluent_commands", "frozen")] == (False, True)
+    real = caches("--fsc", str(tmp_path))  # a real corpus: caches only where asked for (~3.6 GB/h of states on Base+)
+    assert real[("fluent_commands", "frozen")] == (False, False) and real[("fluent_commands", "ladapter")] == (False, False)
+    asked = caches("--fsc", str(tmp_path), "--feature-cache", str(tmp_path / "fc"), "--prefix-cache", str(tmp_path / "pc"))
+    assert asked[("fluent_commands", "frozen")] == (False, True) and asked[("fluent_commands", "ladapter")] == (True, False)
+    cuda = caches("--device", "cuda")  # the stand-ins on a GPU: no prefix cache unless asked for
+    assert cuda[("fluent_commands", "ladapter")] == (False, False) and cuda[("fluent_commands", "frozen")] == (False, True)
+    assert caches("--device", "cuda", "--prefix-cache", str(tmp_path / "pc"))[("fluent_commands", "ladapter")] == (True, False)
     off = caches("--no-prefix-cache", "--no-feature-cache")
     assert set(off.values()) == {(False, False)}
 

@@ -528,15 +528,13 @@ def featurizer_keeps_a_padded_frame_per_utterance(featurizer, conv_layers) -> No
     padded position, which a batch of one does not have, so an evaluation in batches answers
     differently from scoring each file alone. In eval mode (dev/test), keep the frames the CNN makes
     for the utterance alone (method.prefix.frames_alone); training is S3PRL's as it is."""
-    from s3prl_adapters.method.prefix import frames_alone
+    from s3prl_adapters.method.prefix import own_frames
 
     original = featurizer.tolist
 
     def tolist(paired_wavs, paired_feature):
         features = original(paired_wavs, paired_feature)
-        if featurizer.training:
-            return features
-        return [f[:frames_alone(conv_layers, len(wav))] for f, wav in zip(features, paired_wavs)]
+        return features if featurizer.training else own_frames(features, paired_wavs, conv_layers)
 
     featurizer.tolist = tolist
 

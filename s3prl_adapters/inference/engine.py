@@ -25,6 +25,7 @@ from s3prl_adapters.method.attach import build_e_adapters, build_l_adapters, ins
 from s3prl_adapters.method.backbone import backbone_fingerprint, conv_layers, describe_fingerprint, load_wavlm
 from s3prl_adapters.method.config import AdapterConfig
 from s3prl_adapters.method.expert import BackboneStates
+from s3prl_adapters.method.prefix import own_frames
 
 
 class _StateShapes(nn.Module):
@@ -63,6 +64,7 @@ class _BoundSet:
 
     def __init__(self, adapter_set: AdapterSet, backbone: nn.Module, device: str):
         self.set, self.spec = adapter_set, adapter_set.task_spec
+        self.conv_layers = conv_layers(backbone.cfg)
         num_layers, dim = len(backbone.encoder.layers), backbone.cfg.encoder_embed_dim
         rate = adapter_set.head["upstream_rate"]
         state = dict(adapter_set.upstream_state)
@@ -79,7 +81,7 @@ class _BoundSet:
                 raise UserError(f"adapter set {adapter_set.name}: LoRA tensors its backbone does not have: {unknown[:3]}")
             own.load_state_dict(tensors, strict=False)
             _freeze(own)
-            self.own_states = BackboneStates(own.to(device))
+            self.own_states = _exact_states(own.to(device))
         elif cfg is not None:
             if cfg.l_adapter_layers:
                 self.l_adapters = build_l_adapters(dim, cfg)
@@ -92,7 +94,7 @@ class _BoundSet:
         elif adapter_set.finetuned:  # a whole fine-tuned WavLM: its own backbone
             own = _copy_of(backbone, _take(state, "model."))
             _freeze(own)
-            self.own_states = BackboneStates(own.to(device))
+            self.own_states = _exact_states(own.to(device))
         if state:
             raise UserError(f"adapter set {adapter_set.name}: tensors its method does not have: {sorted(state)[:3]}")
         count = len(cfg.l_adapter_layers) if self.l_adapters is not None else num_layers + 1
@@ -134,7 +136,15 @@ class _BoundSet:
             layers = self.set.adapter_config["l_adapter_layers"]
             states = [self.l_adapters[str(i)](states[i + 1]) for i in layers]
         features = self.featurizer(wavs, {"hidden_states": states, "last_hidden_state": states[-1]})
+        features = own_frames(features, wavs, self.conv_layers)  # each file's frames as it has them alone
         return self.spec.answer(self.head, features, self.set.head["facts"])
+
+
+def _exact_states(backbone: nn.Module) -> BackboneStates:
+    """States of a batch as each utterance gets them alone: its CNN alone, the encoder batched with its mask."""
+    states = BackboneStates(backbone)
+    states.prefix_alone = True
+    return states
 
 
 def _copy_of(backbone: nn.Module, weights: dict = None) -> nn.Module:
@@ -188,7 +198,7 @@ class MultiTaskWavLM:
             names.add(adapter_set.name)
         _freeze(self.backbone)
         self.backbone.to(device)
-        self.states = BackboneStates(self.backbone)
+        self.states = _exact_states(self.backbone)
         self.sets = [_BoundSet(s, self.backbone, device) for s in sets]
 
     def _prepare(self, wavs: List[torch.Tensor], effects) -> List[torch.Tensor]:

@@ -208,19 +208,17 @@ def _also_unpickled(types_: Tuple[type, ...]):
     """Weights-only loading that also accepts `types_`, for the duration of the block only (torch's
     allow-list is process-wide: a load elsewhere in the user's process keeps its own rules)."""
     serialization = torch.serialization
-    if not types_:
+    before = list(serialization.get_safe_globals())
+    missing = [t for t in types_ if t not in before]
+    if not missing:  # (torch's own safe_globals() would take a type out on exit that was allowed before it)
         yield
-    elif hasattr(serialization, "safe_globals"):  # torch >= 2.5
-        with serialization.safe_globals(list(types_)):
-            yield
-    else:  # torch 2.4: add, then put the list back as it was
-        before = serialization.get_safe_globals()
-        serialization.add_safe_globals(list(types_))
-        try:
-            yield
-        finally:
-            serialization.clear_safe_globals()
-            serialization.add_safe_globals(before)
+        return
+    serialization.add_safe_globals(missing)
+    try:
+        yield
+    finally:  # the list as it was
+        serialization.clear_safe_globals()
+        serialization.add_safe_globals(before)
 
 
 S3PRL_RUN = (argparse.Namespace,)

@@ -66,3 +66,9 @@ def frames_alone(conv_layers: List[tuple], samples: int) -> int:
     for _, kernel, stride in conv_layers:
         length = max(0, (length - kernel) // stride + 1)
     return length
+
+
+def own_frames(features: List[torch.Tensor], wavs: List[torch.Tensor], conv_layers: List[tuple]) -> List[torch.Tensor]:
+    """Each utterance's features cut to the frames its CNN makes alone (what S3PRL's Featurizer gives a
+    batch of one; in a padded batch it keeps one more, a padded position's, for most lengths)."""
+    return [f[:frames_alone(conv_layers, len(wav))] for f, wav in zip(features, wavs)]

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from s3prl_adapters.tasks import PAPER_TASKS, TASKS, make_mini_superb
-from s3prl_adapters.tasks.base import overrides_string
+from s3prl_adapters.tasks.base import default_eval_batch, overrides_string
 from s3prl_adapters.tools.catalogue import CACHEABLE, METHODS, PREFIX_CACHEABLE
 from s3prl_adapters.tools import search_record
 from s3prl_adapters.tools.launch import run_downstream
 from s3prl_adapters.tools.report import write_reports
-from s3prl_adapters.tools.reproduce import reproduce
+from s3prl_adapters.tools.reproduce import BATCHED_SCORE_TOLERANCE, reproduce
 from s3prl_adapters.tools.tune import override_string
 from s3prl_adapters.errors import UserError, require
 
@@ -89,6 +89,9 @@ def checkpoint_facts(ckpt_path: str, backbone: str) -> dict:
 class Benchmark:
     def __init__(self, args):
         self.args = args
+        args.eval_batch = args.eval_batch or default_eval_batch(args.device or "cpu")
+        if args.eval_batch < 1:
+            raise UserError(f"--eval-batch {args.eval_batch}: expected a number of files >= 1")
         self.out = os.path.abspath(args.output)
         self.lock = threading.Lock()
         self.done = 0
@@ -182,7 +185,11 @@ class Benchmark:
     def caches_of(self, run: Run) -> Tuple[bool, bool]:
         """Whether the run reads (prefix cache, feature cache)."""
         a, task = self.args, TASKS[run.task]
-        prefix = self.prefix_cache is not None and run.method in PREFIX_CACHEABLE
+        # The prefix cache pays on the CPU's stand-ins (the CNN is a large share of a step there, and the
+        # corpus fits its bound); on CUDA and on real corpora only when asked for with --prefix-cache DIR
+        # (measured at LibriSpeech-100's size: docs/data/prefix_cache_at_scale.md).
+        prefix = (self.prefix_cache is not None and run.method in PREFIX_CACHEABLE
+                  and (a.prefix_cache is not None or (task.real_corpus(a) is None and not str(a.device).startswith("cuda"))))
         # A recipe that crops a random window of each training file every epoch would only fill it.
         feature = (self.feature_cache is not None and run.method in CACHEABLE and not task.random_train_crop
                    and (a.feature_cache is not None or task.real_corpus(a) is None)
@@ -217,7 +224,7 @@ class Benchmark:
         # while training, only the split that selects the best checkpoint; the test split once, afterwards;
         # every file scored as it is alone (batch 1: WavLM's CNN normalises over the padded batch)
         overrides += f",,config.runner.eval_dataloaders={[task.dev_split] if task.dev_split else []}"
-        overrides += "".join(f",,{k}={v!r}" for k, v in task.exact_evaluation_overrides().items())
+        overrides += "".join(f",,{k}={v!r}" for k, v in task.exact_evaluation_overrides(a.eval_batch).items())
         if a.steps:
             # A checkpoint halfway, so an interrupted run resumes from there.
             overrides += (f",,config.runner.total_steps={a.steps},,config.runner.eval_step={a.steps},,"
@@ -253,13 +260,14 @@ class Benchmark:
             "backbone": self.backbone_path, "git_commit": self.commit, "expdir": run.expdir,
             **checkpoint_facts(ckpt, self.backbone_path),
             "prefix_cache": prefix_cached, "feature_cache": feature_cached,
-            "skipped_batches": _skipped_batches(run.expdir),
+            "skipped_batches": _skipped_batches(run.expdir), "eval_batch": a.eval_batch,
             **self.rates_of(run),
             "items": task.test_items(run.expdir, run.fold),  # per-item outcomes: the report's bootstrap
         }
         if not a.no_reproduce:  # the cell as users get it: export, then predict --batch-size 1 on the test split
             result["reproduction"] = reproduce(task, run.expdir, run.fold, ckpt, self.backbone_path,
-                                               result["metric_percent"], a.threads, a.device)
+                                               result["metric_percent"], a.threads, a.device,
+                                               score_tolerance=0.0 if a.eval_batch == 1 else BATCHED_SCORE_TOLERANCE)
         tmp = result_path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(result, f, indent=1)
@@ -474,7 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-feature-cache", action="store_true", help="the frozen methods run the backbone every step")
     p.add_argument("--prefix-cache", metavar="DIR", help=f"where {list(PREFIX_CACHEABLE)} cache the frozen prefix "
                    f"(CNN, its LayerNorm, the projection; config prefix_cache), one folder shared by every run "
-                   f"(default: OUTPUT/prefix_cache)")
+                   f"(default: OUTPUT/prefix_cache on the CPU with the stand-in corpora; off on CUDA and for real "
+                   f"corpora unless given)")
     p.add_argument("--no-prefix-cache", action="store_true", help="every run computes the prefix every step")
     p.add_argument("--steps", type=int, help="override every run's total_steps (save halfway and at the end, "
                    "evaluate at the end)")
@@ -497,6 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, (help_text, names) in flags.items():
         p.add_argument(flag, help=f"{help_text} [{', '.join(names)}]")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--eval-batch", type=int, default=None, metavar="N",
+                   help="files per dev/test batch, each scored as it is alone (its CNN alone, its own frames; "
+                        "runner.exact_evaluation) (default: 1 on the CPU, 16 on CUDA)")
     p.add_argument("--jobs", type=int, default=None, help="runs at a time (default: 2 on CPU, 1 on GPU)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--force", action="store_true", help="redo runs whose results exist")

@@ -164,8 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "--adapters: the first non-adapter file ends that list)")
     p.add_argument("-o", "--output", help="JSON-lines file (default: standard output)")
     p.add_argument("--embeddings", help="folder for ASV embeddings (.npy; default: embeddings/ beside the output)")
-    p.add_argument("--batch-size", type=int, default=8, help="files per backbone pass, grouped by length (1: exactly "
-                   "as the recipes evaluate with batch 1; larger batches pad, as S3PRL's own evaluation does)")
+    p.add_argument("--batch-size", type=int, default=8, help="files per backbone pass, grouped by length; each file is "
+                   "answered as it is alone (its CNN alone, the encoder batched with a mask, its own frames): batch 1 "
+                   "is the recipes' batch-1 evaluation bit for bit, larger batches equal it up to float32 rounding")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.set_defaults(func=_predict)
 

@@ -86,9 +86,13 @@ def results_markdown(results: List[dict], wall_seconds: float = None, cells: Dic
                          f"computed per file alone, as computing them would give; `{cache}` in the README)"
                          + (f"; in {', '.join(where)}" if len(where) < len(tasks) else "") + ".")
     alone = [TASKS[t].title.split(" ")[0] for t in tasks if TASKS[t].eval_batch_key]
-    if alone:  # what the benchmark and tune pass (Task.exact_evaluation_overrides): no padding, no batch neighbours
+    batch = max((r.get("eval_batch") or 1) for r in results) if results else 1
+    if alone and batch == 1:  # what the benchmark and tune pass (Task.exact_evaluation_overrides): no batch neighbours
         notes.append(f"Dev selection and test passes score every file alone (evaluation batch 1) in {', '.join(alone)}, "
                      "for every method.")
+    elif alone:
+        notes.append(f"Dev selection and test passes score files in batches of {batch} in {', '.join(alone)}, each as it "
+                     "is alone (its CNN alone, its own frames: runner.exact_evaluation), for every method.")
     notes += reproduction_notes(results, tasks, methods) + rates_notes(results, tasks, methods)
     if wall_seconds is not None:
         kept = sum(1 for r in results if r.get("kept"))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from s3prl_adapters.errors import UserError
-from s3prl_adapters.tasks.base import Task
+from s3prl_adapters.tasks.base import Task, default_eval_batch
 from s3prl_adapters.tools.tune_space import DROPOUT, SearchSpace
 
 
@@ -59,7 +59,7 @@ class TrialSetup:
         entries += space.overrides(params, self.config)
         # dev only while training, every file scored alone (batch 1), as the benchmark does
         entries.append(f"config.runner.eval_dataloaders={[task.dev_split]!r}")
-        entries += [f"{k}={v!r}" for k, v in task.exact_evaluation_overrides().items()]
+        entries += [f"{k}={v!r}" for k, v in task.exact_evaluation_overrides(default_eval_batch(self.device)).items()]
         if self.steps:
             entries += [f"config.runner.total_steps={self.steps}", f"config.runner.eval_step={self.eval_step}",
                         f"config.runner.save_step={self.steps}", f"config.runner.log_step={self.eval_step}"]
