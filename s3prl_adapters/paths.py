@@ -34,10 +34,10 @@ def code_version() -> str:
     version. Never the hash of some repository that happens to contain site-packages."""
     import subprocess
 
-    from s3prl_adapters import __version__
-
     if not SOURCE_CHECKOUT:
-        return f"s3prl-adapters {__version__} (installed)"
+        from importlib.metadata import version
+
+        return f"s3prl-adapters {version('s3prl-adapters')} (installed)"
     try:
         run = lambda *argv: subprocess.run(["git", "-C", REPO_ROOT, *argv], capture_output=True, text=True)  # noqa: E731
         commit = run("rev-parse", "--short", "HEAD").stdout.strip()
