@@ -11,6 +11,7 @@ EXTRAS = {
     "tune": "s3prl-adapters tune (Optuna, its plots)",
     "postgres": "a PostgreSQL study storage (psycopg)",
     "lab": "run_benchmarks.sh and its reports (Optuna, matplotlib)",
+    "cluster": "running on Slurm (submitit)",
 }
 """The optional dependency groups of pyproject.toml, and what each is for."""
 

@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from s3prl_adapters.paths import CONFIG_ROOT, DEFAULT_BACKBONE, code_version  # noqa: E402
 from s3prl_adapters.tasks import TASKS, corpus_overrides, make_mini_superb  # noqa: E402
+from s3prl_adapters.tasks.base import overrides_string  # noqa: E402
 from s3prl_adapters.tools.search_record import cpu_name  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
@@ -62,13 +63,15 @@ def main():
     for name in args.tasks:
         task = TASKS[name]
         exp = os.path.join(out, name)
+        fold = task.folds[0] if task.folds else None
+        corpus_o = corpus_overrides(name, corpus) + (",," + overrides_string(task.fold_overrides(fold)) if fold else "")
         steps = (f"config.runner.total_steps={args.steps},,config.runner.eval_step={10 * args.steps},,"
                  f"config.runner.save_step={args.steps}")
         if not os.path.exists(os.path.join(exp, f"states-{args.steps}.ckpt")):
             upstream = ["-u", "wavlm_local", "-f"] if args.upstream == "wavlm_local" else ["-u", args.upstream]
             run(["-m", "train", *upstream, "-k", DEFAULT_BACKBONE, "-d", name, "-c",
                  os.path.join(CONFIG_ROOT, name, "mini.yaml"), "-p", exp, "-o",
-                 f"{corpus_overrides(name, corpus)},,{steps}"], os.path.join(exp + ".train.log"))
+                 f"{corpus_o},,{steps}"], os.path.join(exp + ".train.log"))
         ckpt = os.path.join(exp, f"states-{args.steps}.ckpt")
         found = {}
         for way, batch, exact in (("batch 1", 1, True), (f"exact {args.batch}", args.batch, True),
@@ -85,7 +88,7 @@ def main():
             for f in os.listdir(exp):  # the truth files and configs the task's readers expect beside predictions
                 if f.startswith("config_") and not os.path.exists(os.path.join(folder, f)):
                     os.symlink(os.path.join(exp, f), os.path.join(folder, f))
-            found[way] = {"answers": task.recorded_answers(folder), "seconds": round(seconds, 1),
+            found[way] = {"answers": task.recorded_answers(folder, fold), "seconds": round(seconds, 1),
                           "loop_seconds": loop_seconds(log, task.evaluated_split),
                           "metric": task.parse_metric(open(log).read())}
         base = found["batch 1"]["answers"]
@@ -105,6 +108,34 @@ def main():
               "steps": args.steps, "batch": args.batch, "rows": rows}
     with open(os.path.join(out, "exact_evaluation.json"), "w") as f:
         json.dump(record, f, indent=1)
+    with open(os.path.join(out, "exact_evaluation.md"), "w") as f:
+        f.write(markdown(record))
+    print(markdown(record))
+
+
+def markdown(record: dict) -> str:
+    b = record["batch"]
+    lines = [f"# Exact evaluation in batches, measured", "",
+             f"`{record['command']}` (git {record['git']}, {record['cpu']}, {record['threads']} thread): for each task "
+             f"one `{record['upstream']}` run of {record['steps']} steps on the stand-ins (the embedded 4×256 backbone, "
+             f"`mini.yaml`), then its test split evaluated three ways with `run_downstream.py -m evaluate`: every file "
+             f"alone (batch 1); batches of {b} with `runner.exact_evaluation: true` (each file's CNN alone, the encoder "
+             f"batched with its mask, each file's own frames; the default); batches of {b} with it false (S3PRL's "
+             f"padded pass). Answers are compared with batch 1's file by file (ASV: the score of every trial); time is "
+             f"the evaluation loop as S3PRL's progress bar reports it (whole seconds), the process in brackets.", "",
+             f"| task | files | exact {b}: answers equal to batch 1 | padded {b}: answers equal to batch 1 | metric: batch 1 / "
+             f"exact / padded | loop s: batch 1 / exact {b} / padded {b} |", "|---|---|---|---|---|---|"]
+    for r in record["rows"]:
+        one, exact, padded = r["batch 1"], r[f"exact {b}"], r[f"padded {b}"]
+        if "equal" in exact:
+            same = [f"{exact['equal']} of {r['files']}", f"{padded['equal']} of {r['files']}"]
+        else:
+            same = [f"max score difference {exact['max_score_difference']:.1e}",
+                    f"max score difference {padded['max_score_difference']:.1e}"]
+        lines.append(f"| {r['task']} | {r['files']} | {same[0]} | {same[1]} | {one['metric']:.4g} / {exact['metric']:.4g} "
+                     f"/ {padded['metric']:.4g} | {one['loop_seconds']:g} ({one['seconds']:g}) / {exact['loop_seconds']:g} "
+                     f"({exact['seconds']:g}) / {padded['loop_seconds']:g} ({padded['seconds']:g}) |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -289,3 +289,29 @@ def test_s3prl_own_api_finds_the_upstreams_after_a_plain_import(tiny_ckpt):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["AdapterWavLMExpert", "3"]
+
+
+def test_a_batch_answers_each_file_as_it_is_alone(sets, corpora):
+    """Each file's CNN alone, the encoder batched with a mask, its own frames: a batch of files of different
+    lengths gives every file its batch-1 answer (labels and transcripts equal; scores and embeddings up to
+    float32 rounding in the batched encoder)."""
+    wavs = _wavs(corpora)
+    assert len({len(w) for w in wavs}) == len(wavs)  # lengths differ: S3PRL's padded pass would mix them
+    model = MultiTaskWavLM(BACKBONE, sets)
+    together = model.predict(wavs)
+    alone = [model.predict([w])[0] for w in wavs]
+
+    def close(a, b, where):
+        if isinstance(a, dict):
+            assert a.keys() == b.keys(), where
+            for key in a:
+                close(a[key], b[key], f"{where}.{key}")
+        elif isinstance(a, torch.Tensor):
+            assert torch.allclose(a, b, atol=1e-5), where
+        elif isinstance(a, float):
+            assert abs(a - b) <= 2e-6, where
+        else:
+            assert a == b, where  # labels, transcripts
+
+    for k, (joint, single) in enumerate(zip(together, alone)):
+        close(joint, single, f"file {k}")

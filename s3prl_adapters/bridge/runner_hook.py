@@ -133,6 +133,8 @@ class AdapterRunner(Runner):
             compat.wavlm_evaluation_depends_on_batch_mates(wavlm)
         if setting:
             compat.featurizer_keeps_a_padded_frame_per_utterance(_unwrap(self.featurizer.model), conv_layers(wavlm.cfg))
+        if setting and self.args.downstream == "sv_voxceleb1":
+            compat.sv_pooling_counts_a_padded_frame(_unwrap(self.downstream.model))
 
     def _apply_backbone_dropout(self) -> None:
         """`backbone_dropout: {<upstream>: true|false}` in the downstream config: whether the backbone's own

@@ -104,6 +104,10 @@ class _BoundSet:
                                          adapter_set.head["facts"])
         self.head.load_state_dict(adapter_set.head["state"])
         self.head.eval().to(device)
+        if self.spec.name == "sv_voxceleb1":  # each file's statistics over its own frames, as alone
+            from s3prl_adapters.bridge.compat import sv_pooling_counts_a_padded_frame
+
+            sv_pooling_counts_a_padded_frame(self.head)
         for module in [self.l_adapters, *self.e_adapters.values()]:
             if module is not None:
                 module.eval().to(device)

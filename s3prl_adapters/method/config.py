@@ -87,9 +87,10 @@ class AdapterConfig:
     """Also put LoRA on the feed-forward weights (fc1, fc2) of every layer, not only on attention q and v."""
 
     autocast: str = "none"
-    """Run the upstream's frozen encoder layers under torch.autocast: 'none', 'bfloat16' (CPU or GPU)
-    or 'float16' (GPU). WavLM's CNN stays float32, so do the adapters unless `adapters_in_float32`
-    is false; hidden states leave the upstream as float32."""
+    """Run the upstream's frozen encoder layers under torch.autocast while training: 'none', 'bfloat16'
+    (CPU or GPU) or 'float16' (GPU). WavLM's CNN stays float32, so do the adapters unless
+    `adapters_in_float32` is false; hidden states leave the upstream as float32. Evaluation (eval
+    mode) runs in float32, as `predict` does."""
 
     adapters_in_float32: bool = True
     """Under autocast, run the E-adapters with their residual add and the L-adapters in float32 (the

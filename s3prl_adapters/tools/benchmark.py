@@ -41,6 +41,45 @@ class Run:
         return f"{self.task}/{self.method}/seed{self.seed}" + (f"/fold{self.fold}" if self.fold else "")
 
 
+class RunJob:
+    """One run as a job that runs elsewhere (a Slurm job): rebuilds the benchmark from the invocation's
+    preparation and runs it. Preempted or timed out, submitit requeues it (`checkpoint`): it starts again
+    and its training resumes from the run's last checkpoint (-a), bit-identically on the CPU."""
+
+    def __init__(self, spec: dict, run: Run, index: int, total: int):
+        self.spec, self.run, self.index, self.total = spec, run, index, total
+
+    def __call__(self, env: Optional[Dict[str, str]] = None) -> str:
+        Benchmark.restore(self.spec).execute(self.run, self.index, self.total, env)
+        return self.run.label
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+class StudyJob:
+    """One --tune study as a job that runs elsewhere (a Slurm job): its trials one after another. Preempted,
+    it is requeued; the trial it was running is run again (tune's recovery of dead trials)."""
+
+    def __init__(self, setup, space, out: str, trials: int, storage: str, name: str):
+        self.setup, self.space, self.out, self.trials, self.storage, self.name = setup, space, out, trials, storage, name
+
+    def __call__(self, env: Optional[Dict[str, str]] = None) -> str:
+        from s3prl_adapters.tools.tune import tune
+
+        os.environ.update(env or {})
+        tune(self.setup, self.space, self.out, self.trials, storage_url=self.storage, study_name=self.name,
+             log=lambda line: print(f"[{self.name}] {line}", file=sys.stderr, flush=True))
+        return self.name
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
 def _checkpoint_to_evaluate(expdir: str) -> str:
     best = sorted(f for f in os.listdir(expdir) if f.endswith("-best.ckpt"))
     if best:
@@ -103,6 +142,7 @@ class Benchmark:
         self.feature_cache = None if args.no_feature_cache else os.path.abspath(
             args.feature_cache or os.path.join(self.out, "feature_cache"))
         self.trials_run: Dict[Tuple[str, str], int] = {}
+        self.failed: list = []
         self.tuned: Dict[Tuple[str, str], dict] = {}
         """(task, method) -> the config sections --tune chose (adapter_optimizer, backbone_dropout)."""
         """Backbone states of the frozen methods (CACHEABLE), for tasks whose training files are read
@@ -152,35 +192,74 @@ class Benchmark:
 
     # ---- one run ----------------------------------------------------------------------------
     def execute_all(self, runs: List[Run]) -> List[dict]:
-        """Every run, `--jobs` at a time, the longest first (so that the pool does not end with one long
-        run alone); the results in plan order. Runs that share a cache may run at the same time: an
-        entry's value does not depend on which run computed it (bridge/feature_cache.py). A failed run
-        does not stop the others; the first failure (in plan order) is raised once all have ended."""
+        """Every run through the executor (`--executor`), the longest first (so that a pool does not end with
+        one long run alone); runs whose record exists are kept (not rerun) unless --force. Runs that share a
+        cache may run at the same time: an entry's value does not depend on which run computed it
+        (bridge/feature_cache.py). A failed run does not stop the others; the records of those that ended
+        are returned, and failures are reported once all have ended."""
+        from s3prl_adapters.tools.executors import Outcome
+
+        a = self.args
         order = sorted(range(len(runs)), key=lambda i: -METHODS[runs[i].method].relative_cost)
         position = {i: n + 1 for n, i in enumerate(order)}
-        pending, outcomes, lock = list(order), {}, threading.Lock()
+        if a.executor == "local":
+            executor = self.executor
+            jobs = [lambda env=None, i=i: self.execute(runs[i], position[i], len(runs), env) for i in order]
+            outcomes = dict(zip(order, executor.run(jobs, [runs[i].label for i in order])))
+        else:
+            todo = [i for i in order if a.force or not os.path.exists(self.record_path(runs[i]))]
+            outcomes = {i: Outcome(runs[i].label, True, value=self.execute(runs[i], position[i], len(runs)))
+                        for i in order if i not in todo}  # kept: its record, as it is
+            for i in todo:
+                if a.force and os.path.isdir(runs[i].expdir):
+                    import shutil
 
-        def worker():
-            while True:
-                with lock:
-                    if not pending:
-                        return
-                    i = pending.pop(0)
-                try:
-                    outcomes[i] = (True, self.execute(runs[i], position[i], len(runs)))
-                except BaseException as e:  # noqa: BLE001 -- re-raised below, after the other runs
-                    outcomes[i] = (False, e)
+                    shutil.rmtree(runs[i].expdir)
+            spec = self.prepared()
+            jobs = [RunJob(spec, runs[i], position[i], len(runs)) for i in todo]
+            ended = lambda k: self.ended(runs[todo[k]])  # noqa: E731
+            if jobs:
+                outcomes.update(zip(todo, self.executor.run(jobs, [runs[i].label for i in todo], ended)))
+        self.failed = [outcomes[i] for i in range(len(runs)) if not outcomes[i].ok]
+        return [outcomes[i].value for i in range(len(runs)) if outcomes[i].ok]
 
-        threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, self.args.jobs))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        for i in range(len(runs)):
-            ok, value = outcomes[i]
-            if not ok:
-                raise value
-        return [outcomes[i][1] for i in range(len(runs))]
+    # ---- records: what ended, wherever it ran ------------------------------------------------------
+    @staticmethod
+    def record_path(run: Run) -> str:
+        return os.path.join(run.expdir, "result.json")
+
+    def record(self, run: Run) -> dict:
+        with open(self.record_path(run)) as f:
+            return json.load(f)
+
+    def ended(self, run: Run):
+        """How a run that ran elsewhere ended: its record, or the last line of its logs."""
+        from s3prl_adapters.tools.executors import Outcome
+
+        if os.path.exists(self.record_path(run)):
+            return Outcome(run.label, True, value=self.record(run))
+        for log in ("evaluate.log", "train.log"):
+            path = os.path.join(run.expdir, log)
+            if os.path.exists(path):
+                tail = open(path, errors="replace").read().strip().splitlines()[-1:] or ["(empty)"]
+                return Outcome(run.label, False, f"no record; {log}: {tail[0][:200]}")
+        return Outcome(run.label, False, "no record and no log: the job did not start or was cancelled before")
+
+    def prepared(self) -> dict:
+        """What a run needs from this invocation's preparation, for a job that runs elsewhere."""
+        import copy
+
+        args = copy.copy(self.args)
+        args.force = False  # the submitter has cleared what --force redoes; a requeued job must resume, not restart
+        return {"args": args, "backbone_path": self.backbone_path, "adapter_yaml": self.adapter_yaml,
+                "mini_root": self.mini_root, "tuned": self.tuned, "commit": self.commit}
+
+    @classmethod
+    def restore(cls, spec: dict) -> "Benchmark":
+        bench = cls(spec["args"])
+        for key in ("backbone_path", "adapter_yaml", "mini_root", "tuned", "commit"):
+            setattr(bench, key, spec[key])
+        return bench
 
     def caches_of(self, run: Run) -> Tuple[bool, bool]:
         """Whether the run reads (prefix cache, feature cache)."""
@@ -196,7 +275,9 @@ class Benchmark:
                    and not self.backbone_dropout(run.task, run.method))
         return prefix, feature
 
-    def execute(self, run: Run, index: int, total: int) -> dict:
+    def execute(self, run: Run, index: int, total: int, env: Optional[Dict[str, str]] = None) -> dict:
+        """One run, start to end (train with -a: it resumes from its last checkpoint; evaluate; reproduce),
+        its record written last, in its own folder. `env`: the run's own variables (a GPU of its own)."""
         a, task, method = self.args, TASKS[run.task], METHODS[run.method]
         result_path = os.path.join(run.expdir, "result.json")
         if os.path.exists(result_path) and not a.force:
@@ -242,14 +323,15 @@ class Benchmark:
             train[train.index("-o") + 1] += f",,config.feature_cache.dir='{self.feature_cache}'"
         if prefix_cached:
             train[train.index("-o") + 1] += f",,config.prefix_cache.dir='{self.prefix_cache}'"
-        stream = a.jobs == 1
-        trained = run_downstream(train, os.path.join(run.expdir, "train.log"), a.threads, stream)
+        stream = a.jobs == 1 and a.executor == "local" and not a.gpus
+        trained = run_downstream(train, os.path.join(run.expdir, "train.log"), a.threads, stream, env=env,
+                                 processes=a.gpus_per_run)
         ckpt = _checkpoint_to_evaluate(run.expdir)
         evaluate_log = os.path.join(run.expdir, "evaluate.log")
         if os.path.exists(evaluate_log):
             os.remove(evaluate_log)
         run_downstream(["-m", "evaluate", "-e", ckpt, "-t", task.evaluated_split, "--device", a.device],
-                       evaluate_log, a.threads, stream)
+                       evaluate_log, a.threads, stream, env=env)
         with open(evaluate_log) as f:
             value = task.parse_metric(f.read())
         result = {
@@ -267,7 +349,8 @@ class Benchmark:
         if not a.no_reproduce:  # the cell as users get it: export, then predict --batch-size 1 on the test split
             result["reproduction"] = reproduce(task, run.expdir, run.fold, ckpt, self.backbone_path,
                                                result["metric_percent"], a.threads, a.device,
-                                               score_tolerance=0.0 if a.eval_batch == 1 else BATCHED_SCORE_TOLERANCE)
+                                               score_tolerance=0.0 if a.eval_batch == 1 else BATCHED_SCORE_TOLERANCE,
+                                               env=env)
         tmp = result_path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(result, f, indent=1)
@@ -360,6 +443,15 @@ class Benchmark:
               file=sys.stderr)
         started, pending, chosen, lock = time.time(), list(studies), {}, threading.Lock()
         failures = []
+        if self.args.executor == "slurm":  # a Slurm job per study, its trials one after another as here
+            from s3prl_adapters.tools.executors import Outcome
+
+            jobs = [self.study(task, method, record, job=True) for task, method in studies]
+            outcomes = self.executor.run(jobs, [f"study {t}/{m}" for t, m in studies],
+                                         ended=lambda k: Outcome(f"study {studies[k][0]}/{studies[k][1]}", True))
+            for (task, method), outcome in zip(studies, outcomes):
+                chosen[(task, method)] = self.study(task, method, record, collect=True)
+            pending = []
 
         def worker():
             while True:
@@ -393,7 +485,10 @@ class Benchmark:
                                           sum(self.trials_run.get((task, m), 0) for m in mine), minutes)
         return {key: sections for key, sections in chosen.items() if sections}
 
-    def study(self, task_name: str, method_name: str, record: bool) -> Optional[dict]:
+    def study(self, task_name: str, method_name: str, record: bool, job: bool = False,
+              collect: bool = False) -> Optional[dict]:
+        """One study of --tune: run here; or (`job`) the StudyJob that runs it elsewhere; or (`collect`) the
+        best sections of the trials such a job ran (trials run since this invocation started are counted)."""
         from s3prl_adapters.tools.tune import tune
         from s3prl_adapters.tools.tune_objective import TrialSetup
         from s3prl_adapters.tools.tune_space import SearchSpace, Trainee, default_space
@@ -419,9 +514,12 @@ class Benchmark:
                                      os.path.join(self.out, "search", task_name, "study.journal"))
         if record:
             os.makedirs(search_record.record_dir(task_name), exist_ok=True)
-        before = time.time()
+        if job:
+            return StudyJob(setup, space, out, a.tune, storage, method_name)
+        before = self.started_at if collect else time.time()
         study, sections = tune(setup, space, out, a.tune, storage_url=storage, study_name=method_name,
-                               log=lambda line: print(f"[{task_name}/{method_name}] {line}", file=sys.stderr, flush=True))
+                               log=lambda line: print(f"[{task_name}/{method_name}] {line}", file=sys.stderr, flush=True),
+                               run=not collect)
         with self.lock:
             self.trials_run[(task_name, method_name)] = sum(
                 1 for t in study.trials if t.datetime_start and t.datetime_start.timestamp() >= before)
@@ -450,19 +548,49 @@ class Benchmark:
             if m not in METHODS:
                 raise UserError(f"--methods: unknown method '{m}'; valid: {list(METHODS)}")
         os.makedirs(self.out, exist_ok=True)
+        runs = self.plan()
+        if self.args.report_only:
+            return self.report_only(runs)
+        from s3prl_adapters.tools.executors import make_executor
+
+        a = self.args
+        if a.gpus_per_run < 1:
+            raise UserError(f"--gpus-per-run {a.gpus_per_run}: expected a number of GPUs >= 1")
+        self.executor = make_executor(a.executor, self.out, a.jobs, a.gpus, a.slurm,
+                                      log=lambda line: print(line, file=sys.stderr, flush=True))
         self.backbone_path = self.backbone()
         self.adapter_yaml = self.adapter_config(self.backbone_path)
         self.ensure_corpus(self.args.tasks)
         self.commit = code_version()
-        runs = self.plan()
         if self.args.tune:
             self.tuned = self.search(runs)
-        print(f"[benchmark] {len(runs)} runs, backbone {self.backbone_path}, {self.args.jobs} at a time; "
+        where = (f"{len(self.executor.gpus)} GPU(s), one run each" if a.executor == "local" and a.gpus else
+                 f"{a.jobs} at a time" if a.executor == "local" else "as Slurm jobs")
+        print(f"[benchmark] {len(runs)} runs, backbone {self.backbone_path}, {where}; "
               f"logs in {self.out}/runs/<task>/<method>/", file=sys.stderr)
         started = time.time()
         results = self.execute_all(runs)
+        missing = [r.label for r in runs if not any(x["expdir"] == r.expdir for x in results)]
+        if results:
+            write_reports(self.out, results, wall_seconds=time.time() - started, args=vars(self.args), missing=missing)
+        if self.failed:
+            details = "; ".join(f"{o.label}: {o.detail}" for o in self.failed[:3])
+            raise UserError(f"{len(self.failed)} of {len(runs)} runs did not end with a record ({details}"
+                            f"{'; ...' if len(self.failed) > 3 else ''}); the table holds the others. Run the same "
+                            f"command again: it redoes only those (each resumes from its last checkpoint)")
+        return results
 
-        write_reports(self.out, results, wall_seconds=time.time() - started, args=vars(self.args))
+    def report_only(self, runs: List[Run]) -> List[dict]:
+        """The table from the records that exist (runs that ended, wherever they ran), and which are missing."""
+        done = [r for r in runs if os.path.exists(self.record_path(r))]
+        missing = [r.label for r in runs if r not in done]
+        if not done:
+            raise UserError(f"--report-only: no run of this command has a record under {self.out}/runs yet")
+        results = [self.record(r) for r in done]
+        write_reports(self.out, results, wall_seconds=None, args=vars(self.args), missing=missing)
+        print(f"[benchmark] --report-only: {len(done)} of {len(runs)} runs have a record"
+              + (f"; missing: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}" if missing else ""),
+              file=sys.stderr)
         return results
 
 
@@ -506,6 +634,19 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, (help_text, names) in flags.items():
         p.add_argument(flag, help=f"{help_text} [{', '.join(names)}]")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--executor", choices=["local", "slurm"], default="local",
+                   help="local: this machine, --jobs runs at a time or one per GPU of --gpus (default); slurm: every "
+                        "run (training, evaluation, reproduction) a Slurm job through submitit (the [cluster] extra), "
+                        "records on the shared output folder")
+    p.add_argument("--slurm", metavar="KEY=VALUE,...|FILE.yaml",
+                   help="Slurm parameters for --executor slurm (submitit's: partition, gpus_per_node, cpus_per_task, "
+                        "mem_gb, timeout_min, account, qos, constraint, array_parallelism, ...)")
+    p.add_argument("--gpus", metavar="0,1,..", help="--executor local: one run per GPU at a time, each with its own "
+                   "CUDA_VISIBLE_DEVICES")
+    p.add_argument("--gpus-per-run", type=int, default=1, metavar="N",
+                   help="each training run under torchrun with N processes (DDP, one GPU each)")
+    p.add_argument("--report-only", action="store_true", help="render the table from the runs' records that exist "
+                   "(run nothing), saying which cells are missing")
     p.add_argument("--eval-batch", type=int, default=None, metavar="N",
                    help="files per dev/test batch, each scored as it is alone (its CNN alone, its own frames; "
                         "runner.exact_evaluation) (default: 1 on the CPU, 16 on CUDA)")

@@ -49,11 +49,13 @@ def _install_evaluation_gate(control) -> None:
 
 
 def _child(entry: Callable[[List[str]], None], argv: List[str], log_path: str, threads: int, usage_path: str,
-           control=None) -> None:
+           control=None, env: Optional[Dict[str, str]] = None) -> None:
     import atexit
     import resource
     import threading
     import traceback
+
+    os.environ.update(env or {})  # e.g. CUDA_VISIBLE_DEVICES: read when CUDA first initialises, after the fork
 
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     sys.stdout.flush()
@@ -89,16 +91,44 @@ def _child(entry: Callable[[List[str]], None], argv: List[str], log_path: str, t
 
 
 def run_downstream(argv: List[str], log_path: str, threads: int, stream: bool = False,
-                   watch: Optional[Callable[[str], bool]] = None) -> Dict[str, float]:
+                   watch: Optional[Callable[[str], bool]] = None, env: Optional[Dict[str, str]] = None,
+                   processes: int = 1) -> Dict[str, float]:
     """`run_downstream.py *argv` in a forked child, output appended to `log_path` (and echoed to
     stderr when `stream`); returns its wall seconds, peak RSS and whether `watch` stopped it. A failed
-    run raises UserError with the log's last line."""
-    return run_in_child(_launcher_main, argv, log_path, threads, stream, name="run_downstream.py", watch=watch)
+    run raises UserError with the log's last line. `env`: variables set in the child (a GPU of its own);
+    `processes` > 1: under torchrun, one process per GPU (DDP), in a subprocess instead of a fork."""
+    if processes > 1:
+        return run_distributed(argv, log_path, threads, processes, env)
+    return run_in_child(_launcher_main, argv, log_path, threads, stream, name="run_downstream.py", watch=watch, env=env)
+
+
+def run_distributed(argv: List[str], log_path: str, threads: int, processes: int,
+                    env: Optional[Dict[str, str]] = None) -> Dict[str, float]:
+    """`torchrun --nproc_per_node P run_downstream.py *argv` (our launcher passes --local_rank on), output
+    appended to `log_path`; a free rendezvous port of its own."""
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bin_dir = os.path.dirname(sys.executable)
+    command = [os.path.join(bin_dir, "torchrun"), "--nproc_per_node", str(processes), "--master_port", str(port),
+               os.path.join(bin_dir, "run_downstream.py"), *argv]
+    start = time.time()
+    with open(log_path, "a") as log:
+        proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
+                              env=dict(os.environ, OMP_NUM_THREADS=str(threads), **(env or {})))
+    if proc.returncode != 0:
+        tail = open(log_path, errors="replace").read().strip().splitlines()[-1:] or ["?"]
+        raise UserError(f"torchrun ({processes} processes) run_downstream.py {' '.join(argv[:7])}... exited "
+                        f"{proc.returncode}: {tail[0]} (log: {log_path})")
+    return {"seconds": time.time() - start, "peak_rss_mb": 0.0, "stopped": False}
 
 
 def run_in_child(entry: Callable[[List[str]], None], argv: List[str], log_path: str, threads: int,
                  stream: bool = False, name: str = "run",
-                 watch: Optional[Callable[[str], bool]] = None) -> Dict[str, float]:
+                 watch: Optional[Callable[[str], bool]] = None, env: Optional[Dict[str, str]] = None) -> Dict[str, float]:
     """`entry(argv)` (a module-level function) in a child forked from the server, as above. `watch`
     receives the log's new text, as whole lines; when it returns True the child is killed (SIGKILL)
     and the result says `stopped`. With a watch, the run waits after each evaluation during training
@@ -111,7 +141,8 @@ def run_in_child(entry: Callable[[List[str]], None], argv: List[str], log_path: 
     open(log_path, "a").close()
     offset = os.path.getsize(log_path)
     control, child_control = _context().Pipe() if watch else (None, None)
-    process = _context().Process(target=_child, args=(entry, list(argv), log_path, threads, usage_path, child_control))
+    process = _context().Process(target=_child, args=(entry, list(argv), log_path, threads, usage_path, child_control,
+                                                      env))
     process.start()
     stopped, pending = False, b""
     while True:

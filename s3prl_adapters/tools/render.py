@@ -24,7 +24,7 @@ def render_file(path: str) -> str:
     if isinstance(data, dict) and "runs" in data and "cells" in data:
         from s3prl_adapters.tools.report import results_markdown
 
-        return results_markdown(data["runs"], data.get("wall_seconds"))
+        return results_markdown(data["runs"], data.get("wall_seconds"), missing=data.get("missing") or ())
     if isinstance(data, dict) and "meta" in data and "results" in data:
         from s3prl_adapters.tools.bench import markdown_table, serving_table
 

@@ -31,7 +31,8 @@ def _cell_text(cell: dict) -> str:
     return f"{cell['value']:.2f}{spread} [{cell['ci'][0]:.1f}, {cell['ci'][1]:.1f}]{same}"
 
 
-def results_markdown(results: List[dict], wall_seconds: float = None, cells: Dict[tuple, dict] = None) -> str:
+def results_markdown(results: List[dict], wall_seconds: float = None, cells: Dict[tuple, dict] = None,
+                     missing: List[str] = ()) -> str:
     cells = cells if cells is not None else analyse(with_items(results))
     tasks = [t for t in TASKS if any(r["task"] == t for r in results)]
     methods = [m for m in METHODS if any(r["method"] == m for r in results)]
@@ -93,6 +94,9 @@ def results_markdown(results: List[dict], wall_seconds: float = None, cells: Dic
     elif alone:
         notes.append(f"Dev selection and test passes score files in batches of {batch} in {', '.join(alone)}, each as it "
                      "is alone (its CNN alone, its own frames: runner.exact_evaluation), for every method.")
+    if missing:
+        notes.append(f"Missing: {len(missing)} run(s) of this command have no record yet (not in the table): "
+                     f"{', '.join(missing[:12])}{' ...' if len(missing) > 12 else ''}.")
     notes += reproduction_notes(results, tasks, methods) + rates_notes(results, tasks, methods)
     if wall_seconds is not None:
         kept = sum(1 for r in results if r.get("kept"))
@@ -234,7 +238,8 @@ def write_submissions(out: str, results: List[dict]) -> List[str]:
     return written
 
 
-def write_reports(out: str, results: List[dict], wall_seconds: float = None, args: dict = None) -> None:
+def write_reports(out: str, results: List[dict], wall_seconds: float = None, args: dict = None,
+                  missing: List[str] = ()) -> None:
     results = sorted(with_items(results), key=lambda r: (r["task"], r["method"], r["seed"], r["fold"] or 0))
     for r in results:
         r["ci_low"], r["ci_high"] = run_interval(r)
@@ -242,13 +247,14 @@ def write_reports(out: str, results: List[dict], wall_seconds: float = None, arg
     summary = [dict(task=t, method=m, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in c.items()})
                for (t, m), c in sorted(cells.items())]
     with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"cells": summary, "runs": results, "args": args, "wall_seconds": wall_seconds}, f, indent=1,
+        json.dump({"cells": summary, "runs": results, "args": args, "wall_seconds": wall_seconds,
+                   "missing": list(missing)}, f, indent=1,
                   default=str)
     with open(os.path.join(out, "results.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows(results)
-    table = results_markdown(results, wall_seconds, cells)
+    table = results_markdown(results, wall_seconds, cells, missing)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(table)
     plot_layer_weights(results, os.path.join(out, "layer_weights.png"))

@@ -33,7 +33,7 @@ def _cli_commands(argv):
 
 
 def reproduce(task: Task, expdir: str, fold: Optional[int], ckpt: str, backbone: str, metric_percent: float,
-              threads: int = 1, device: str = "cpu", score_tolerance: float = 0.0) -> dict:
+              threads: int = 1, device: str = "cpu", score_tolerance: float = 0.0, env=None) -> dict:
     """`score_tolerance`: how far a reproduced score (ASV) may be from the recorded one (0: bit-equal, for a
     run evaluated file by file; the benchmark's BATCHED_SCORE_TOLERANCE for batched evaluation)."""
     import numpy as np
@@ -57,7 +57,7 @@ def reproduce(task: Task, expdir: str, fold: Optional[int], ckpt: str, backbone:
                                      "--device", device, THEN,
                                      "predict", "--backbone", backbone, "--adapters", adapter, listing, "-o", answers_path,
                                      "--batch-size", "1", "--embeddings", os.path.join(folder, "embeddings"),
-                                     "--device", device], log, threads, name="s3prl-adapters export + predict")
+                                     "--device", device], log, threads, name="s3prl-adapters export + predict", env=env)
     except UserError as e:  # some file failed: its line says why; the others are still compared
         failed = str(e)
         if not os.path.exists(answers_path):

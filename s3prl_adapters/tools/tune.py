@@ -356,8 +356,10 @@ def _plots(study, out: str, space: SearchSpace) -> None:
 # ---- entry points ---------------------------------------------------------------------------------
 
 def tune(setup: TrialSetup, space: SearchSpace, out: str, n_trials: int, storage_url: Optional[str] = None,
-         study_name: Optional[str] = None, sampler: str = "grid", pruner: str = "median", log=print):
-    """Run (or continue) a study; returns (study, best config sections or None)."""
+         study_name: Optional[str] = None, sampler: str = "grid", pruner: str = "median", log=print,
+         run: bool = True):
+    """Run (or continue) a study; returns (study, best config sections or None). `run=False`: only write the
+    outputs of the trials its workers ran (after `--executor slurm`)."""
     storage = open_storage(storage_url, out)
     name = study_name or f"{space_key(setup.upstream, setup.finetune).replace(' -f', '_finetune')}_{setup.task.name}"
     facts = {"upstream": setup.upstream, "finetune": setup.finetune, "task": setup.task.name, "seed": setup.seed,
@@ -366,7 +368,7 @@ def tune(setup: TrialSetup, space: SearchSpace, out: str, n_trials: int, storage
                        facts)
     os.makedirs(out, exist_ok=True)
     _atomic_write(os.path.join(out, "space.yaml"), f"# the space of study {name} ({space.source})\n" + space.as_yaml())
-    ran = run_trials(study, Objective(setup, space, out), space, n_trials, log)
+    ran = run_trials(study, Objective(setup, space, out), space, n_trials, log) if run else 0
     sections = write_outputs(study, out, space, setup)
     log(f"[tune] study {name}: {len(study.trials)} trial(s), {ran} run now; outputs in {out}")
     return study, sections
@@ -399,7 +401,72 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per trial")
     p.add_argument("--out", required=True, help="folder for the trials' runs and the outputs")
+    p.add_argument("--executor", choices=["local", "slurm"], default="local",
+                   help="local: this process runs the trials (default); slurm: --workers Slurm jobs through submitit "
+                        "share the study (its storage: the journal in OUT, on a shared folder, or --storage URL), each "
+                        "taking trials until the study has --trials")
+    p.add_argument("--workers", type=int, default=1, help="processes sharing the study (with --executor local: on "
+                   "this machine, --threads each)")
+    p.add_argument("--slurm", metavar="KEY=VALUE,...|FILE.yaml", help="Slurm parameters for --executor slurm "
+                   "(partition, gpus_per_node, cpus_per_task, mem_gb, timeout_min, account, ...)")
     return p
+
+
+class TuneWorker:
+    """One worker of a shared study, as a job that runs elsewhere: `s3prl-adapters tune ARGV` with one worker.
+    Preempted or timed out, submitit requeues it; the trial it was running is rerun by the next worker that
+    opens the study (recover_dead_trials)."""
+
+    def __init__(self, argv: List[str]):
+        self.argv = list(argv)
+
+    def __call__(self, env=None) -> int:
+        os.environ.update(env or {})
+        return main(self.argv)
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def _worker_argv(argv: List[str]) -> List[str]:
+    """This command's arguments for one worker that runs here: without --executor/--workers/--slurm."""
+    out, skip = [], 0
+    for a in argv:
+        if skip:
+            skip -= 1
+            continue
+        if a in ("--executor", "--workers", "--slurm"):
+            skip = 1
+            continue
+        if a.startswith(("--executor=", "--workers=", "--slurm=")):
+            continue
+        out.append(a)
+    return out
+
+
+def run_workers(args, argv: List[str], setup: TrialSetup, space: SearchSpace, log) -> None:
+    """--workers N processes (local) or Slurm jobs (--executor slurm) that share the study, then its outputs."""
+    from s3prl_adapters.tools.executors import Outcome, make_executor
+
+    if args.workers < 1:
+        raise UserError(f"--workers {args.workers}: expected >= 1")
+    out = os.path.abspath(args.out)
+    if args.storage and "://" not in args.storage:
+        args.storage = os.path.abspath(args.storage)
+    executor = make_executor(args.executor, out, args.workers, None, args.slurm, log)
+    worker = _worker_argv(argv) + ["--out", out] + (["--storage", args.storage] if args.storage else [])
+    jobs = [TuneWorker(worker) for _ in range(args.workers)]
+    labels = [f"tune worker {k + 1}" for k in range(args.workers)]
+    if args.executor == "slurm":
+        executor.run(jobs, labels, ended=lambda k: Outcome(labels[k], True))
+    else:
+        import subprocess
+
+        command = [sys.executable, "-m", "s3prl_adapters.tools.cli", "tune", *worker]
+        executor.run([lambda env=None: subprocess.run(command, check=True) for _ in jobs], labels)
+    tune(setup, space, out, args.trials, args.storage, args.study, args.sampler, args.pruner, log, run=False)
 
 
 def setup_from_args(args) -> (TrialSetup, SearchSpace):
@@ -466,5 +533,8 @@ def main(argv=None) -> int:
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     log(f"[tune] {space_key(setup.upstream, setup.finetune)} on {setup.task.name}: {space.size()} grid point(s) "
         f"({space.source}); {args.trials} trial(s) in all")
+    if args.executor != "local" or args.workers != 1:
+        run_workers(args, list(sys.argv[2:] if argv is None else argv), setup, space, log)
+        return 0
     tune(setup, space, os.path.abspath(args.out), args.trials, args.storage, args.study, args.sampler, args.pruner, log)
     return 0
