@@ -50,6 +50,13 @@ class RunJob:
         self.spec, self.run, self.index, self.total = spec, run, index, total
 
     def __call__(self, env: Optional[Dict[str, str]] = None) -> str:
+        job = os.environ.get("SLURM_JOB_ID")
+        if os.environ.get("SLURM_ARRAY_JOB_ID"):
+            job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
+        if job:  # which job ran (or runs) it, beside its logs
+            os.makedirs(self.run.expdir, exist_ok=True)
+            with open(os.path.join(self.run.expdir, "slurm_job.txt"), "a") as f:
+                f.write(f"{job} {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
         Benchmark.restore(self.spec).execute(self.run, self.index, self.total, env)
         return self.run.label
 
@@ -199,7 +206,12 @@ class Benchmark:
         are returned, and failures are reported once all have ended."""
         from s3prl_adapters.tools.executors import Outcome
 
+        from s3prl_adapters.tools.executors import make_executor
+
         a = self.args
+        if getattr(self, "executor", None) is None:
+            self.executor = make_executor(a.executor, self.out, a.jobs, a.gpus, a.slurm,
+                                          log=lambda line: print(line, file=sys.stderr, flush=True))
         order = sorted(range(len(runs)), key=lambda i: -METHODS[runs[i].method].relative_cost)
         position = {i: n + 1 for n, i in enumerate(order)}
         if a.executor == "local":
