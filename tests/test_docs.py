@@ -174,7 +174,10 @@ def _config_keys():
         walk("", yaml.safe_load(open(config)))
     for section in ("feature_cache", "prefix_cache"):
         paths |= {section} | {f"{section}.{f.name}" for f in fields(FeatureCacheConfig)}
+    from s3prl_adapters.bridge.compat import RUNNER_KEYS
+
     paths |= {"preflight", "runner.train_dataloader", "runner.fp16", "scheduler", "scheduler.name"}
+    paths |= {f"runner.{key}" for key in RUNNER_KEYS}  # the runner keys this package reads
     return paths
 
 

@@ -75,7 +75,7 @@ def test_e_adapters_sit_at_the_ffn_output_before_its_residual_add(tiny_large):
 def test_l_adapters_read_the_encoder_output_for_the_top_layer(tiny_large):
     ours = hubconf.wavlm_ladapter_only(ckpt=tiny_large).eval()
     with torch.no_grad():  # both sides without autograd: torch 2.5 takes another LayerNorm kernel with it
-        states = ours.backbone_hidden_states(_wavs())
+        states = ours.backbone_hidden_states(_wavs(), alone=True)  # what forward reads in eval mode
         out = ours(_wavs())["hidden_states"]
         top = len(out) - 1
         assert torch.equal(out[top], ours.l_adapters[str(top)](states[-1]))  # after the encoder's final LayerNorm

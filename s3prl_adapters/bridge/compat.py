@@ -593,6 +593,12 @@ def sv_pooling_counts_a_padded_frame(model) -> None:
 OOM_MESSAGE = "[Runner] - CUDA out of memory at step"
 """The line S3PRL's training loop prints when it skips a batch that ran out of GPU memory."""
 
+RUNNER_KEYS = {
+    "exact_evaluation": "dev/test batches score every file as it is alone (default true; runner_hook._exact_evaluation)",
+    "max_skipped_share": "share of training batches out-of-memory may skip before the run stops (default 0.01)",
+}
+"""Keys of the downstream config's `runner` section that this package reads (S3PRL ignores them)."""
+
 SKIPPED_BATCHES_FILE = "skipped_batches.json"
 """In a run's folder: the training batches S3PRL skipped for CUDA out of memory (runner_hook writes it)."""
 

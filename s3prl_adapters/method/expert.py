@@ -44,10 +44,12 @@ class BackboneStates:
         rows(keys, compute) -> one (T, C) row per utterance, which calls compute(i) for the rows it
         does not hold; see method/prefix.py."""
         self.prefix_alone = False
-        """Compute every utterance's prefix alone, then the encoder on the padded batch (exact
-        evaluation in batches: each utterance's states as a batch of one gives them; method/prefix.py)."""
+        """By default, compute every utterance's prefix alone, then the encoder on the padded batch (exact
+        evaluation in batches: each utterance's states as a batch of one gives them; method/prefix.py);
+        a call's `alone` argument decides for that call."""
 
-    def __call__(self, wavs: List[torch.Tensor], grad: bool = True) -> List[torch.Tensor]:
+    def __call__(self, wavs: List[torch.Tensor], grad: bool = True, alone: Optional[bool] = None) -> List[torch.Tensor]:
+        alone = self.prefix_alone if alone is None else alone
         keys = wavs
         if self.wavlm.cfg.normalize:
             wavs = [F.layer_norm(wav, wav.shape) for wav in wavs]
@@ -56,7 +58,7 @@ class BackboneStates:
             if self.prefix_store is not None:  # the encoder starts from each utterance's stored prefix
                 rows = self.prefix_store.rows(keys, lambda i: prefix_alone(self.wavlm, wavs[i]))
                 encoder_output = encoder_from_prefix(self.wavlm, [r.to(wavs[0].device) for r in rows])
-            elif self.prefix_alone and len(wavs) > 1:
+            elif alone and len(wavs) > 1:
                 encoder_output = encoder_from_prefix(self.wavlm, [prefix_alone(self.wavlm, wav) for wav in wavs])
             else:
                 encoder_output = self._full_pass(wavs)
@@ -158,15 +160,19 @@ class AdapterWavLMExpert(nn.Module):
     def get_downsample_rates(self, key: str) -> int:
         return self._downsample_rate
 
-    def backbone_hidden_states(self, wavs: List[torch.Tensor]) -> List[torch.Tensor]:
-        """The L+1 states stock `wavlm_local` returns (see BackboneStates), with autograd only where
-        something inside the backbone trains."""
-        return self._states(wavs, grad=self._backbone_trains)
+    def backbone_hidden_states(self, wavs: List[torch.Tensor], alone: bool = False) -> List[torch.Tensor]:
+        """The L+1 states stock `wavlm_local` returns for the padded batch (see BackboneStates), with autograd
+        only where something inside the backbone trains; `alone`: each utterance's as it is alone."""
+        return self._states(wavs, grad=self._backbone_trains, alone=alone)
+
+    @property
+    def _alone(self) -> bool:
+        """What forward computes: in eval mode each utterance as it is alone (exact_evaluation)."""
+        return not self.training and self.exact_evaluation
 
     def forward(self, wavs: List[torch.Tensor]) -> Dict[str, List[torch.Tensor]]:
         # autocast speeds up training; dev/test passes (S3PRL evaluates in eval mode) run in float32, as
         # `predict` does, so a run's recorded answers are the ones its exported set gives
-        self._states.prefix_alone = not self.training and self.exact_evaluation
         if self.adapter_config.autocast == "none" or not self.training:
             hidden_states = self._hidden_states(wavs)
         else:
@@ -187,7 +193,7 @@ class AdapterWavLMExpert(nn.Module):
 
     def _l_adapter_inputs(self, wavs: List[torch.Tensor]) -> List[torch.Tensor]:
         """Layer i's output as the next layer (or, for the top layer, the head) sees it: state i + 1."""
-        states = self.backbone_hidden_states(wavs)
+        states = self.backbone_hidden_states(wavs, alone=self._alone)
         return [states[i + 1] for i in self.adapter_config.l_adapter_layers]
 
     def _hidden_states(self, wavs: List[torch.Tensor]) -> List[torch.Tensor]:
@@ -202,7 +208,7 @@ class AdapterWavLMExpert(nn.Module):
                     return [self.l_adapters[str(i)](h.float()) for i, h in zip(layers, inputs)]
             hidden_states = [self.l_adapters[str(i)](h) for i, h in zip(layers, inputs)]
         else:
-            hidden_states = self.backbone_hidden_states(wavs)
+            hidden_states = self.backbone_hidden_states(wavs, alone=self._alone)
         return hidden_states
 
     # ---- adapter-only checkpoints -------------------------------------------------------------
