@@ -18,6 +18,7 @@ sys.argv = sys.argv[1:]
 if sys.argv[0] == "with":
     from s3prl_adapters.bridge import compat
     compat.s3prl_checkpoints_fail_weights_only_load()
+    compat.s3prl_loads_checkpoints_unpickling_anything()  # torch < 2.6 only; without it, torch 2.5 runs the code
 try:
     torch.load(sys.argv[1], map_location="cpu")
     print("loaded")

@@ -92,7 +92,8 @@ def clean_venv(dist):
     python = os.path.join(venv, "bin", "python")
     clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
     if not os.path.exists(os.path.join(venv, ".complete")):
-        shutil.rmtree(venv, ignore_errors=True)
+        for old in glob.glob(os.path.join(os.path.dirname(venv), "*")):  # other requirements' venvs (~6 GB each)
+            shutil.rmtree(old, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=300, env=clean)
         proc = subprocess.run([python, "-m", "pip", "install", "-q", wheel], capture_output=True, text=True,
                               timeout=1800, cwd=venv, env=clean)

@@ -30,6 +30,15 @@ def s3prl_checkpoints_fail_weights_only_load() -> None:
     torch.serialization.add_safe_globals([argparse.Namespace])
 
 
+def s3prl_loads_checkpoints_unpickling_anything() -> None:
+    """Before torch 2.6 a bare `torch.load` (every load of S3PRL's: `-e` checkpoints, `-k` backbones)
+    unpickles anything, so a crafted file runs code the moment S3PRL reads it. In our launcher's process
+    make those loads weights-only, as torch >= 2.6 does by default (TORCH_FORCE_WEIGHTS_ONLY_LOAD, which
+    torch 2.5 honours); with s3prl_checkpoints_fail_weights_only_load, S3PRL's Args still load."""
+    if tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) < (2, 6):
+        os.environ.setdefault("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "1")
+
+
 def _has_flag(argv: List[str], *names: str) -> bool:
     return any(a in names or any(a.startswith(n + "=") for n in names) for a in argv)
 
@@ -144,6 +153,7 @@ def s3prl_hub_imports_every_upstream() -> None:
 def install_runtime_workarounds(device: str, ddp_timeout_minutes: float) -> None:
     s3prl_hub_imports_every_upstream()  # first: the ones below import S3PRL's runner, which imports the hub
     s3prl_checkpoints_fail_weights_only_load()
+    s3prl_loads_checkpoints_unpickling_anything()
     runner_checkpoints_can_be_lost_on_a_kill()
     ddp_assumes_cuda(device)
     process_group_timeout_is_too_short_for_evaluation(ddp_timeout_minutes)
