@@ -70,14 +70,3 @@ def more_corpus(tmp_path_factory):
     assert manifest["tasks"] == ["sv_voxceleb1", "speech_commands", "voxceleb1"]
     return root
 
-
-LONGEST_FIRST = ("test_learning.py", "test_reproduction.py", "test_package.py", "test_cluster.py", "test_fast_paths.py",
-                 "test_benchmark.py", "test_predict.py", "test_tasks.py", "test_ddp.py", "test_recipes.py")
-"""Test files by wall time (a fresh clone's suite, Intel Xeon, git f96362b), longest first: with `--dist
-loadfile` each of the two workers takes the next file when it is done, so the suite does not end with a
-long file running alone."""
-
-
-def pytest_collection_modifyitems(session, config, items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(rank)))

@@ -56,7 +56,8 @@ def snapshot():
                     attrs[f"{n}:{k}.{ck}"] = kept(cv)
     for k, v in vars(torch.Tensor).items():
         attrs[f"torch.Tensor.{k}"] = kept(v)
-    safe = [repr(g) for g in torch.serialization.get_safe_globals()] if hasattr(torch.serialization, "get_safe_globals") else []
+    safe = torch.serialization.get_safe_globals() if hasattr(torch.serialization, "get_safe_globals") else []
+    safe = sorted(repr(g) for g in safe)  # a set: its order is no part of it
     return {"attrs": attrs, "sys_modules": {n: id(m) for n, m in sys.modules.items()}, "safe_globals": safe,
             "module_values": {k for k, v in ((f"{n}:{a}", x) for n, m in modules.items() for a, x in vars(m).items())
                               if isinstance(v, types.ModuleType)}}
