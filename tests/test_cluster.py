@@ -181,3 +181,19 @@ def test_local_gpus_give_each_run_its_own_device():
 
     outcomes = executor.run([job] * 9, [f"run {k}" for k in range(9)])
     assert all(o.ok for o in outcomes) and sorted(set(seen)) == ["0", "1", "2"] and len(seen) == 9
+
+
+def test_preempted_jobs_requeue_themselves():
+    """submitit's preemption hook: each job kind answers `checkpoint()` with a resubmission of the same job
+    and the same arguments (a requeued run resumes from its folder's records)."""
+    import submitit
+
+    from s3prl_adapters.tools.benchmark import Run, RunJob, StudyJob
+    from s3prl_adapters.tools.tune import TuneWorker
+
+    jobs = [RunJob({"unused": True}, Run("fluent_commands", "ladapter", 1), 0, 1),
+            StudyJob(None, None, "out", 2, "journal", "study"), TuneWorker(["--task", "fluent_commands"])]
+    for job in jobs:
+        again = job.checkpoint({"CUDA_VISIBLE_DEVICES": "0"})
+        assert isinstance(again, submitit.helpers.DelayedSubmission)
+        assert again.function is job and again.args == ({"CUDA_VISIBLE_DEVICES": "0"},)

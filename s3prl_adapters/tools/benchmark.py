@@ -24,6 +24,7 @@ from s3prl_adapters.tools.report import write_reports
 from s3prl_adapters.tools.reproduce import BATCHED_SCORE_TOLERANCE, reproduce
 from s3prl_adapters.tools.tune import override_string
 from s3prl_adapters.errors import UserError, require
+from s3prl_adapters.tools.executors import Requeued
 
 from s3prl_adapters.paths import CONFIG_ROOT, DEFAULT_BACKBONE, code_version
 
@@ -41,7 +42,7 @@ class Run:
         return f"{self.task}/{self.method}/seed{self.seed}" + (f"/fold{self.fold}" if self.fold else "")
 
 
-class RunJob:
+class RunJob(Requeued):
     """One run as a job that runs elsewhere (a Slurm job): rebuilds the benchmark from the invocation's
     preparation and runs it. Preempted or timed out, submitit requeues it (`checkpoint`): it starts again
     and its training resumes from the run's last checkpoint (-a), bit-identically on the CPU."""
@@ -60,13 +61,8 @@ class RunJob:
         Benchmark.restore(self.spec).execute(self.run, self.index, self.total, env)
         return self.run.label
 
-    def checkpoint(self, *args, **kwargs):
-        import submitit
 
-        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
-
-
-class StudyJob:
+class StudyJob(Requeued):
     """One --tune study as a job that runs elsewhere (a Slurm job): its trials one after another. Preempted,
     it is requeued; the trial it was running is run again (tune's recovery of dead trials)."""
 
@@ -80,11 +76,6 @@ class StudyJob:
         tune(self.setup, self.space, self.out, self.trials, storage_url=self.storage, study_name=self.name,
              log=lambda line: print(f"[{self.name}] {line}", file=sys.stderr, flush=True))
         return self.name
-
-    def checkpoint(self, *args, **kwargs):
-        import submitit
-
-        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
 def _checkpoint_to_evaluate(expdir: str) -> str:

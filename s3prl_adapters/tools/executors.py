@@ -77,6 +77,16 @@ def check_slurm(partition: Optional[str]) -> None:
         raise UserError(f"--slurm partition={partition}: no such partition; this cluster has {', '.join(partitions)}")
 
 
+class Requeued:
+    """A job that Slurm may preempt or time out: submitit then calls `checkpoint()` and requeues the same
+    job, which starts again and resumes from its own records (a run's last checkpoint, a study's trials)."""
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
 @dataclass
 class Outcome:
     label: str

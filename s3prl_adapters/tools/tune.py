@@ -28,6 +28,7 @@ from typing import List, Optional
 import yaml
 
 from s3prl_adapters.errors import UserError, require
+from s3prl_adapters.tools.executors import Requeued
 from s3prl_adapters.tools.tune_objective import Objective, TrialFailed, TrialSetup
 from s3prl_adapters.tools.tune_space import DROPOUT, SearchSpace, Trainee, space_key
 
@@ -412,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class TuneWorker:
+class TuneWorker(Requeued):
     """One worker of a shared study, as a job that runs elsewhere: `s3prl-adapters tune ARGV` with one worker.
     Preempted or timed out, submitit requeues it; the trial it was running is rerun by the next worker that
     opens the study (recover_dead_trials)."""
@@ -423,11 +424,6 @@ class TuneWorker:
     def __call__(self, env=None) -> int:
         os.environ.update(env or {})
         return main(self.argv)
-
-    def checkpoint(self, *args, **kwargs):
-        import submitit
-
-        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
 def _worker_argv(argv: List[str]) -> List[str]:
