@@ -11,6 +11,6 @@ setup(
     package_dir={"s3prl_adapters.downstream_configs": "downstream_configs"},
     package_data={
         "s3prl_adapters": ["assets/*.pt", "assets/*.json", "assets/*.md"],
-        "s3prl_adapters.downstream_configs": ["*/*.yaml", "*/*.dict", "*/mini_search/*"],
+        "s3prl_adapters.downstream_configs": ["*/*.yaml", "*/*.dict", "*/*.txt", "*/mini_search/*"],
     },
 )

@@ -135,7 +135,8 @@ def test_the_wheel_alone_trains_every_task_outside_the_repository(clean_venv, tm
     for task in TASKS:
         overrides = _run(clean_venv, "s3prl-adapters", "corpus-overrides", task, str(corpus), cwd=tmp_path).stdout.strip()
         config = [] if task == "fluent_commands" else ["-c", os.path.join(configs, task, "mini.yaml")]  # IC: no -c
-        train = _run(clean_venv, "run_downstream.py", "-m", "train", "-u", "wavlm_ladapter", "-k", backbone, "-d", task,
+        train = _run(clean_venv, "run_downstream.py", "-m", "train", "-u", "wavlm_ladapter", "-k", backbone, "-d",
+                     TASKS[task].runs_as(),
                      *config, "-p", str(tmp_path / task), "-o", f"{overrides},,{STEPS}", cwd=tmp_path)
         assert train.returncode == 0, (task, train.stderr[-3000:])
         assert os.path.isfile(tmp_path / task / "states-2.ckpt"), task

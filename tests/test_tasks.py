@@ -28,16 +28,19 @@ def test_descriptor_is_complete(name):
         assert callable(getattr(compat, workaround, None)), workaround
     assert task.submission_member.startswith(f"predict/{task.key}") and task.submission_member.count("{fold}") == (
         1 if task.folds else 0)
-    assert set(task.standin_overrides("/x")) <= set(_mini_datarc(task))  # keys the recipe's config has
+    assert set(task.standin_overrides("/x")) <= set(_mini_data_keys(task))  # keys the recipe's config has
     for method in ("required_paths", "evaluation_audio", "training_audio", "validate_prediction", "build_standin"):
         assert getattr(type(task), method) is not getattr(type(task).__mro__[-2], method), f"{name}.{method}"
 
 
-def _mini_datarc(task):
+def _mini_data_keys(task):
+    """The keys of the mini config's corpus section, and `section.key` of its other sections."""
     import yaml
 
     with open(task.config_path(mini=True)) as f:
-        return yaml.safe_load(f)["downstream_expert"]["datarc"]
+        expert = yaml.safe_load(f)["downstream_expert"]
+    return list(expert[task.data_section]) + [f"{section}.{key}" for section, values in expert.items()
+                                              if isinstance(values, dict) for key in values]
 
 
 def test_registry_keys_and_defaults():

@@ -162,13 +162,21 @@ def install_runtime_workarounds(device: str, ddp_timeout_minutes: float) -> None
 
 def relative_config_paths_resolve_against_cwd(config: dict, config_path: str) -> dict:
     """S3PRL uses the config's data paths verbatim, so its './downstream/...' paths only work when run
-    from S3PRL's source folder. Resolve datarc strings that start with './' or '../' against the
-    config file's own folder instead (shipped files such as asr/char.dict live next to the config)."""
+    from S3PRL's source folder. Resolve the strings (and lists of strings) of the data sections that start
+    with './' or '../' against the config file's own folder instead (shipped files such as asr/char.dict
+    or pr/phoneme.txt live next to the config): `datarc`, and the ctc recipe's `corpus` and `text`."""
     base = os.path.dirname(os.path.abspath(config_path))
-    datarc = config.get("downstream_expert", {}).get("datarc", {})
-    for key, value in list(datarc.items()):
+
+    def resolve(value):
         if isinstance(value, str) and value.startswith(("./", "../")):
-            datarc[key] = os.path.normpath(os.path.join(base, value))
+            return os.path.normpath(os.path.join(base, value))
+        return [resolve(v) for v in value] if isinstance(value, list) else value
+
+    expert = config.get("downstream_expert", {}) or {}
+    for section in ("datarc", "corpus", "text"):
+        values = expert.get(section) or {}
+        for key, value in list(values.items()) if isinstance(values, dict) else ():
+            values[key] = resolve(value)
     return config
 
 
@@ -333,12 +341,52 @@ def sid_file_lists_are_cached_inside_the_package() -> None:
     cls.__init__ = __init__
 
 
-def install_task_workarounds(downstream: str) -> None:
-    """The workarounds the task module of `downstream` names (none for recipes without a task module)."""
-    from s3prl_adapters.tasks import find_task
+def ctc_recipe_lacks_its_corpus_readers() -> None:
+    """S3PRL's `-d ctc` recipe (PR with `corpus.name: libriphone`, SF with `snips`) imports
+    `.corpus.libriphone` / `.corpus.snips` when it builds a dataset, and the PyPI wheel has no
+    `downstream/ctc/corpus/` folder: every PR and SF run ends in ModuleNotFoundError. Where that package
+    does not import, register one holding our readers (data/ctc_corpora.py, written from the corpora's
+    layouts)."""
+    try:
+        importlib.import_module("s3prl.downstream.ctc.corpus.libriphone")
+        importlib.import_module("s3prl.downstream.ctc.corpus.snips")
+        return
+    except ImportError:
+        pass
+    from s3prl_adapters.data import ctc_corpora
 
-    task = find_task(downstream)
-    for name in task.workarounds if task else ():
+    package = types.ModuleType("s3prl.downstream.ctc.corpus")
+    package.__path__ = []
+    sys.modules[package.__name__] = package
+    for name, cls in (("libriphone", "LibriPhoneDataset"), ("snips", "SnipsDataset")):
+        module = types.ModuleType(f"{package.__name__}.{name}")
+        setattr(module, cls, getattr(ctc_corpora, cls))
+        sys.modules[module.__name__] = module
+        setattr(package, name, module)
+
+
+def ctc_loaders_after_the_first_forget_num_workers() -> None:
+    """The `-d ctc` recipe's `load_dataset` pops `num_workers` out of the config's corpus section, so
+    the first split it loads (train) uses the configured number and every later one (dev, test) S3PRL's
+    default of 12 worker processes. Hand it a copy of the section each time."""
+    from s3prl.downstream.ctc import expert
+
+    if getattr(expert.load_dataset, "_s3prl_adapters_patch", False):
+        return
+    original = expert.load_dataset
+
+    def load_dataset(split, tokenizer, corpus):
+        return original(split, tokenizer, dict(corpus))
+
+    load_dataset._s3prl_adapters_patch = True
+    expert.load_dataset = load_dataset
+
+
+def install_task_workarounds(downstream: str) -> None:
+    """The workarounds the task modules of recipe `downstream` name (none for recipes without one)."""
+    from s3prl_adapters.tasks import tasks_of_recipe
+
+    for name in dict.fromkeys(w for task in tasks_of_recipe(downstream) for w in task.workarounds):
         globals()[name]()
 
 

@@ -70,6 +70,9 @@ SITES = (
          "a class name of s3prl/downstream/sv_voxceleb1/model.py"),
     Site("downstream/sv_voxceleb1/model.py", 193, "downstream_expert.modelrc.utter_module",
          "a class name of s3prl/downstream/sv_voxceleb1/model.py"),
+    Site("downstream/ctc/expert.py", 39, "downstream_expert.model.select", _RECIPE_CLASS),
+    Site("downstream/ctc/expert.py", 116, "downstream_expert.metric[*]",
+         "a function name of s3prl/downstream/ctc/metric.py"),
 )
 
 CODE_SITES = {
@@ -93,7 +96,8 @@ SCANNED_FILES = ("optimizers.py", "schedulers.py", "run_downstream.py", "utility
                  "upstream/wavlm/expert.py", "upstream/wavlm/WavLM.py", "downstream/runner.py", "downstream/model.py") + \
     tuple(f"downstream/{recipe}/{f}.py" for recipe in ("asr", "fluent_commands", "emotion", "sv_voxceleb1",
                                                        "speech_commands", "voxceleb1")
-          for f in ("expert", "model", "dataset"))
+          for f in ("expert", "model", "dataset")) + \
+    tuple(f"downstream/ctc/{f}.py" for f in ("expert", "data", "text", "metric"))
 """The sources whose eval()/class-picking calls SITES and CODE_SITES account for."""
 
 RECIPES_WITH_EVAL_SPLITS = ("fluent_commands", "emotion", "voxceleb1")
@@ -197,9 +201,13 @@ def check_modelrc(modelrc: dict, downstream: str, source: str, prefix: str = "do
     """The head's model config of one recipe (what a `.adapter` file carries, too)."""
     from s3prl_adapters.bridge import compat
 
+    from s3prl_adapters.tasks import find_task
+
     c = _Checker(source)
     if not isinstance(modelrc, dict):
         c.refuse(prefix, modelrc, "a mapping")
+    task = find_task(downstream)
+    downstream = task.runs_as() if task else downstream  # an .adapter file names its task (pr), S3PRL the recipe (ctc)
     expert = compat.recipe_module(downstream).__name__  # KS's expert imports catalyst: importable, nothing left installed
     if downstream == "sv_voxceleb1":
         for key in ("module", "agg_module", "utter_module"):
@@ -245,6 +253,16 @@ def check_config(config: dict, downstream: str, source: str) -> None:
         c.refuse("downstream_expert.datarc.decoder_args.unk_weight", decoder["unk_weight"], "a number or ±math.inf")
     if "modelrc" in expert_config:
         check_modelrc(expert_config["modelrc"], downstream, source)
+    if downstream == "ctc" and isinstance(expert_config, dict):
+        if "model" in expert_config:
+            check_modelrc(expert_config["model"], downstream, source, prefix="downstream_expert.model")
+        metrics = expert_config.get("metric") or []
+        metric_module = importlib.import_module("s3prl.downstream.ctc.metric")
+        for metric in metrics if isinstance(metrics, list) else [metrics]:
+            function = vars(metric_module).get(metric) if c._name(metric) else None
+            if not (callable(function) and getattr(function, "__module__", "") == metric_module.__name__):
+                c.refuse("downstream_expert.metric", metric, "a function name of s3prl/downstream/ctc/metric.py (per, "
+                                                             "wer, cer, slot_type_f1, slot_value_cer, ...)")
 
 
 def available_tasks() -> List[str]:

@@ -116,6 +116,13 @@ def prepare_argv(argv: List[str]) -> List[str]:
             raise UserError(f"-d {args.downstream}: unknown task; valid: {tasks}")
         if args.config is None:
             config = shipped_config(args.downstream)
+            from s3prl_adapters.tasks import tasks_of_recipe
+
+            several = tasks_of_recipe(args.downstream)
+            if config is None and len(several) > 1:
+                raise UserError(f"-d {args.downstream} runs " + " and ".join(t.key.upper() for t in several)
+                                + ", chosen with -c: " + ", ".join(f"-c {t.config_path()} ({t.corpus})" for t in several)
+                                + " (or their mini.yaml)")
             if config is None:
                 raise UserError(
                     f"-d {args.downstream}: no config shipped for this task (PyPI S3PRL has none); pass -c CONFIG.yaml"

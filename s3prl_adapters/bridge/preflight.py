@@ -19,19 +19,24 @@ from s3prl_adapters.errors import UserError
 from s3prl_adapters.tasks import find_task, get_task
 
 
-def _need(path: str, what: str, task: str, key: str) -> None:
+def _need(path: str, what: str, task: str, key: str, section: str = "datarc") -> None:
     if not os.path.exists(path):
-        raise UserError(f"-d {task}: {what} {path} does not exist (config downstream_expert.datarc.{key})")
+        raise UserError(f"-d {task}: {what} {path} does not exist (config downstream_expert.{section}.{key})")
+
+
+def _spec(task: str, config: dict):
+    """The task of `-d task` with this config (the ctc recipe runs PR or SF by its corpus)."""
+    return find_task(task, config) or get_task(task)
 
 
 def listed_audio(task: str, config: dict) -> list:
     """Audio files the recipe's evaluation lists name (absolute paths), in list order."""
-    return get_task(task).evaluation_audio(config)
+    return _spec(task, config).evaluation_audio(config)
 
 
 def training_audio(task: str, config: dict) -> list:
     """Audio files the recipe trains on (absolute paths)."""
-    return get_task(task).training_audio(config)
+    return _spec(task, config).training_audio(config)
 
 
 # ---- the checks ----------------------------------------------------------------------------------------
@@ -49,7 +54,8 @@ def check_corpus(task: str, config: dict) -> Optional[dict]:
     if config.get("preflight", True) is False:
         print("[s3prl-adapters] preflight: off (config preflight: false)", file=sys.stderr)
         return None
-    if find_task(task) is None or not isinstance((config.get("downstream_expert") or {}).get("datarc"), dict):
+    spec = find_task(task, config)
+    if spec is None or not isinstance((config.get("downstream_expert") or {}).get(spec.data_section), dict):
         print(f"[s3prl-adapters] preflight: no corpus checks for -d {task}; S3PRL reads its data unchecked",
               file=sys.stderr)
         return None
@@ -57,11 +63,12 @@ def check_corpus(task: str, config: dict) -> Optional[dict]:
         return None
     forget_scans()
     try:
-        for path, what, key in get_task(task).required_paths(config):
-            _need(path, what, task, key)
+        for path, what, key in spec.required_paths(config):
+            _need(path, what, task, key, spec.data_section)
         return check_listed_audio(task, config, facts=True)
-    except KeyError as e:  # a config of this recipe without one of the datarc keys it reads
-        raise UserError(f"-d {task}: config downstream_expert.datarc has no {e}, which the recipe reads") from None
+    except KeyError as e:  # a config of this recipe without one of the keys it reads
+        raise UserError(f"-d {task}: config downstream_expert.{spec.data_section} has no {e}, which the recipe reads") \
+            from None
 
 
 def _stamp_path(task: str, stats: List[Tuple[str, int, int]]) -> str:
@@ -104,7 +111,7 @@ def check_listed_audio(task: str, config: dict, facts: bool = False):
                 return known if facts else known["files"]
         except (OSError, ValueError):
             pass  # an unreadable or older stamp: check again
-    seconds, train_seconds = _read_headers(task, named, set(train))
+    seconds, train_seconds = _read_headers(task, _spec(task, config), named, set(train))
     known = {"files": len(named), "hours": round(seconds / 3600, 6), "train_hours": round(train_seconds / 3600, 6)}
     os.makedirs(os.path.dirname(stamp), exist_ok=True)
     tmp = f"{stamp}.tmp{os.getpid()}"
@@ -114,12 +121,11 @@ def check_listed_audio(task: str, config: dict, facts: bool = False):
     return known if facts else known["files"]
 
 
-def _read_headers(task: str, named: Dict[str, str], train: set) -> Tuple[float, float]:
+def _read_headers(task: str, spec, named: Dict[str, str], train: set) -> Tuple[float, float]:
     """Decode every header; returns the seconds of all listed audio and of the training audio."""
     import soundfile as sf
     from tqdm import tqdm
 
-    spec = get_task(task)
     seconds = train_seconds = 0.0
     for path in tqdm(named, desc="preflight: audio headers", unit="file", file=sys.stderr,
                      disable=len(named) < 20000, mininterval=2.0):

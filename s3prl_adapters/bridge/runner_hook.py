@@ -182,7 +182,7 @@ class AdapterRunner(Runner):
         return PrefixCacheConfig.from_config(section)
 
     def _note_random_train_crop(self):
-        task = find_task(self.args.downstream)
+        task = find_task(self.args.downstream, self.config)
         crop = task and task.random_train_crop
         if crop and self.config.get("downstream_expert", {}).get("datarc", {}).get(crop):
             print(f"[s3prl-adapters] cache: {task.name} crops a random datarc.{crop} window of every training file "
@@ -335,7 +335,7 @@ class AdapterRunner(Runner):
                 raise
             batches = 0
         if batches == 0:
-            task = find_task(self.args.downstream)
+            task = find_task(self.args.downstream, self.config)
             raise UserError(
                 f"-d {self.args.downstream}: the '{split}' split yields no training batch; "
                 f"check the corpus root and its lists" + (task.empty_train_hint if task else "")

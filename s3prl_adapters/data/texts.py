@@ -86,3 +86,64 @@ _TAILS = ["", "", "", " please", " now", " for me"]
 
 def command(rng: np.random.Generator, phrases: List[str]) -> str:
     return f"{rng.choice(_CARRIERS)}{rng.choice(phrases)}{rng.choice(_TAILS)}"
+
+
+# Audio SNIPS (SF): the seven SNIPS intents, spoken commands with slot values. A template's {slot} is
+# filled from SNIPS_VALUES; every word of a value carries the slot's name as its tag (SUPERB's
+# all.iob.snips.txt tags each word with its slot, 'O' outside), so no template puts a slot next to
+# one of the same name.
+SNIPS_TEMPLATES: List[Tuple[str, List[str]]] = [
+    ("PlayMusic", ["play {artist} on {service}", "play some {genre} music", "play the latest song by {artist}",
+                   "put on some {genre} from {year}"]),
+    ("GetWeather", ["what is the weather in {city} {timeRange}", "will it be {condition_description} in {city}",
+                    "tell me the forecast for {city}"]),
+    ("AddToPlaylist", ["add {artist} to my {playlist} playlist", "put this song on {playlist}",
+                       "add a tune by {artist} to {playlist}"]),
+    ("BookRestaurant", ["book a table for {party_size_number} in {city}",
+                        "book a {restaurant_type} for {party_size_number} {timeRange}",
+                        "reserve a {restaurant_type} in {city} {timeRange}"]),
+    ("RateBook", ["rate this book {rating_value} stars", "give {object_name} {rating_value} out of {best_rating}",
+                  "i would rate {object_name} {rating_value} points"]),
+    ("SearchScreeningEvent", ["find movie times for {movie_name}", "when is {movie_name} playing {timeRange}",
+                              "which cinema shows {movie_name} in {city}"]),
+    ("SearchCreativeWork", ["find the {object_type} {object_name}", "show me the {object_type} called {object_name}",
+                            "search for the {object_type} {object_name}"]),
+]
+
+SNIPS_VALUES = {
+    "artist": ["john williams", "the beatles", "miles davis", "ella fitzgerald", "bob marley", "nina simone"],
+    "service": ["spotify", "youtube", "deezer", "pandora"],
+    "genre": ["jazz", "rock", "classical", "blues", "country", "reggae"],
+    "year": ["the sixties", "nineteen eighty", "the nineties", "last year"],
+    "city": ["paris", "boston", "london", "chicago", "berlin", "madrid", "toronto"],
+    "timeRange": ["tomorrow", "tonight", "at noon", "next week", "this evening", "on friday"],
+    "condition_description": ["rainy", "sunny", "cold", "windy", "foggy"],
+    "playlist": ["workout", "road trip", "dinner party", "sleep", "summer hits"],
+    "party_size_number": ["two", "four", "six", "three"],
+    "restaurant_type": ["pizzeria", "steakhouse", "bistro", "tavern", "diner"],
+    "rating_value": ["one", "two", "three", "four", "five"],
+    "best_rating": ["five", "six", "ten"],
+    "object_name": ["the hobbit", "war and peace", "little women", "the odyssey", "moby dick"],
+    "movie_name": ["the godfather", "star wars", "casablanca", "jaws", "vertigo"],
+    "object_type": ["book", "song", "album", "novel", "soundtrack", "game"],
+}
+
+SNIPS_SPEAKERS = {"train": ["Ivy", "Joanna", "Joey", "Justin", "Kendra", "Kimberly", "Matthew", "Salli"],
+                  "valid": ["Aditi", "Amy", "Geraint", "Nicole"], "test": ["Brian", "Emma", "Raveena", "Russell"]}
+"""The speakers of SUPERB's Audio SNIPS by split (the recipe keeps a split's files by these names)."""
+
+
+def snips_command(rng: np.random.Generator) -> Tuple[str, List[str], List[str]]:
+    """(intent, WORDS, tags): one spoken command, its upper-case words and each word's slot (or 'O')."""
+    intent, templates = SNIPS_TEMPLATES[int(rng.integers(len(SNIPS_TEMPLATES)))]
+    words, tags = [], []
+    for token in str(rng.choice(templates)).split():
+        if token.startswith("{"):
+            slot = token[1:-1]
+            value = str(rng.choice(SNIPS_VALUES[slot])).upper().split()
+            words += value
+            tags += [slot] * len(value)
+        else:
+            words.append(token.upper())
+            tags.append("O")
+    return intent, words, tags

@@ -117,7 +117,7 @@ def untrained(task: str, upstream: str, backbone: str, settings: Optional[dict] 
         adapter_config, upstream_state = asdict(expert.adapter_config), expert.state_dict()
         upstream_dim = expert.adapter_config.l_adapter_dim if expert.l_adapters else dim
     with open(spec.config_path()) as f:
-        modelrc = yaml.safe_load(f)["downstream_expert"]["modelrc"]
+        modelrc = yaml.safe_load(f)["downstream_expert"][spec.model_section]
     facts = spec.untrained_facts()
     head = spec.build_head(upstream_dim, rate, modelrc, facts)
     states = len(adapter_config["l_adapter_layers"]) if adapter_config and adapter_config["l_adapter_layers"] else (

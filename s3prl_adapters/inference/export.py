@@ -53,7 +53,7 @@ def export(ckpt_path: str, backbone: Optional[str] = None, threshold: bool = Tru
 
     ckpt = _read_run_checkpoint(ckpt_path)
     args, config = ckpt["Args"], ckpt["Config"]
-    task = find_task(args.downstream)
+    task = find_task(args.downstream, config)
     if task is None:
         raise UserError(f"checkpoint {ckpt_path}: -d {args.downstream} has no task module, so nothing can decode "
                         f"its head's outputs (tasks: s3prl_adapters/tasks/)")
@@ -79,7 +79,7 @@ def export(ckpt_path: str, backbone: Optional[str] = None, threshold: bool = Tru
     finetuned = args.upstream not in UPSTREAMS and bool(args.upstream_trainable)
     l_layers = (adapter_config or {}).get("l_adapter_layers") or []
     upstream_dim = adapter_config["l_adapter_dim"] if l_layers else dim  # what the Featurizer hands the head
-    modelrc = config["downstream_expert"]["modelrc"]
+    modelrc = config["downstream_expert"][task.model_section]
     facts = task.head_facts(config)
     upstream_rate = 1
     for _, _, stride in conv_layers(wavlm.cfg):

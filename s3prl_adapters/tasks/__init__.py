@@ -37,14 +37,26 @@ def get_task(name: str, what: str = "task") -> Task:
     return TASKS[name]
 
 
-def find_task(name: str) -> Optional[Task]:
-    """The task of an S3PRL downstream name, or None for a recipe the package has no knowledge of."""
-    return TASKS.get(name)
+def tasks_of_recipe(downstream: str) -> List[Task]:
+    """The tasks S3PRL's recipe `downstream` (`-d`) runs: one, or several that its config tells apart (ctc)."""
+    return [t for t in TASKS.values() if t.runs_as() == downstream]
+
+
+def find_task(name: str, config: Optional[dict] = None) -> Optional[Task]:
+    """The task of a task name or of an S3PRL downstream name (with `config`, the one whose corpus it
+    names where the recipe runs several), or None for a recipe the package has no knowledge of."""
+    if name in TASKS:
+        return TASKS[name]
+    candidates = tasks_of_recipe(name)
+    if config is not None:
+        candidates = [t for t in candidates if t.matches(config)]
+    return candidates[0] if len(candidates) == 1 else None
 
 
 def corpus_overrides(task: str, root: str) -> str:
     """The `-o` string that points a recipe's config at the stand-in corpus under `root`."""
-    return overrides_string(get_task(task).standin_overrides(root))
+    spec = get_task(task)
+    return overrides_string(spec.standin_overrides(root), spec.data_section)
 
 
 def make_mini_superb(out: str, size: str = "small", seed: int = 0, workers: int = 2,
@@ -65,4 +77,5 @@ def make_mini_superb(out: str, size: str = "small", seed: int = 0, workers: int 
     return make_standins(out, ordered, size=size, seed=seed, workers=workers)
 
 
-__all__ = ["PAPER_TASKS", "TASKS", "Task", "corpus_overrides", "find_task", "get_task", "make_mini_superb"]
+__all__ = ["PAPER_TASKS", "TASKS", "Task", "corpus_overrides", "find_task", "get_task", "make_mini_superb",
+           "tasks_of_recipe"]

@@ -25,7 +25,26 @@ class Task:
     """One S3PRL recipe. Class attributes state the facts; methods read a recipe's config."""
 
     name: str
-    """S3PRL's downstream name, `-d NAME` (and the folder under downstream_configs/)."""
+    """The package's name of the task: the folder under downstream_configs/, `--tasks` of the benchmark;
+    S3PRL's downstream name `-d NAME` too, unless `recipe` says otherwise."""
+
+    recipe: str = ""
+    """S3PRL's downstream (`-d RECIPE`) when several tasks share one recipe and its config chooses the
+    corpus (PR and SF are both `-d ctc`); empty: `name`."""
+
+    data_section: str = "datarc"
+    """The section of `downstream_expert` holding the corpus settings (the ctc recipe's is `corpus`)."""
+
+    model_section: str = "modelrc"
+    """The section of `downstream_expert` holding the head's model settings (the ctc recipe's is `model`)."""
+
+    def runs_as(self) -> str:
+        """The `-d` value of run_downstream.py for this task."""
+        return self.recipe or self.name
+
+    def matches(self, config: dict) -> bool:
+        """Whether a config of this task's recipe is this task's (one recipe, several corpora)."""
+        return True
 
     key: str
     """Short name: the submission flag (`--KEY` or `--KEY-foldN`) and SUPERB's `predict/KEY_public/` folder."""
@@ -152,7 +171,7 @@ class Task:
         """`-o` entries that score every dev and test file as it is alone: batch 1, or batches of `batch` with
         each file's CNN alone and its own frames (`runner.exact_evaluation`, on by default for WavLM
         upstreams), when the recipe has an evaluation batch size of its own."""
-        return {f"config.downstream_expert.datarc.{self.eval_batch_key}": batch} if self.eval_batch_key else {}
+        return {f"config.downstream_expert.{self.data_section}.{self.eval_batch_key}": batch} if self.eval_batch_key else {}
 
     @property
     def dev_metric_pattern(self) -> Optional[str]:
@@ -262,13 +281,15 @@ def default_eval_batch(device: str) -> int:
 # ---- helpers shared by task modules ----------------------------------------------------------------
 
 
-def datarc(config: dict) -> dict:
-    return config["downstream_expert"]["datarc"]
+def datarc(config: dict, section: str = "datarc") -> dict:
+    return config["downstream_expert"][section]
 
 
-def overrides_string(values: Dict[str, str]) -> str:
-    """datarc values as one `-o` string of run_downstream.py."""
-    return ",,".join(f"config.downstream_expert.datarc.{k}='{v}'" for k, v in values.items())
+def overrides_string(values: Dict[str, str], section: str = "datarc") -> str:
+    """Corpus settings as one `-o` string of run_downstream.py (a list value as a list literal; a key with a
+    dot names its own section of downstream_expert, e.g. the ctc recipe's `text.slots_file`)."""
+    return ",,".join(f"config.downstream_expert.{k if '.' in k else f'{section}.{k}'}="
+                     + (repr([str(x) for x in v]) if isinstance(v, list) else f"'{v}'") for k, v in values.items())
 
 
 def csv_column(table: str, name: str) -> List[str]:

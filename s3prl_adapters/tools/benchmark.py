@@ -179,7 +179,7 @@ class Benchmark:
 
     def overrides(self, task: str) -> str:
         spec = TASKS[task]
-        return overrides_string(spec.real_corpus(self.args) or spec.standin_overrides(self.mini_root))
+        return overrides_string(spec.real_corpus(self.args) or spec.standin_overrides(self.mini_root), spec.data_section)
 
     def ensure_corpus(self, tasks: List[str]) -> None:
         self.mini_root = os.path.abspath(self.args.mini_root or os.path.join(self.out, "mini_superb"))
@@ -315,7 +315,7 @@ class Benchmark:
                           f"config.runner.save_step={max(1, a.steps // 2)},,config.runner.log_step={max(1, a.steps // 2)}")
         if (run.task, run.method) in self.tuned:
             overrides += ",," + override_string(self.tuned[(run.task, run.method)])
-        train = ["-m", "train", "-u", method.upstream, "-k", self.backbone_path, "-d", run.task,
+        train = ["-m", "train", "-u", method.upstream, "-k", self.backbone_path, "-d", TASKS[run.task].runs_as(),
                  "-c", config, "-p", run.expdir, "--seed", str(run.seed), "-a", "--device", a.device, "-o", overrides]
         if method.finetune:
             train.append("-f")

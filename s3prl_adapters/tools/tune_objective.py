@@ -86,7 +86,7 @@ class TrialSetup:
         return cfg.method == "l_only" and not cfg.train_layer_norms and dropout is not True
 
     def train_argv(self, params: dict, space: SearchSpace, folder: str) -> List[str]:
-        argv = ["-m", "train", "-u", self.upstream, "-d", self.task.name, "-c", self.config_path, "-p", folder,
+        argv = ["-m", "train", "-u", self.upstream, "-d", self.task.runs_as(), "-c", self.config_path, "-p", folder,
                 "--seed", str(self.seed), "--device", self.device, "-o", self.overrides(params, space)]
         if self.ckpt:
             argv += ["-k", self.ckpt]
