@@ -12,6 +12,7 @@ EXTRAS = {
     "postgres": "a PostgreSQL study storage (psycopg)",
     "lab": "run_benchmarks.sh and its reports (Optuna, matplotlib)",
     "cluster": "running on Slurm (submitit)",
+    "g2p": "phonemes for words no lexicon has (g2p-en)",
 }
 """The optional dependency groups of pyproject.toml, and what each is for."""
 

@@ -175,6 +175,13 @@ def test_prepare_libriphone_lexicon(ctc_corpus, tmp_path):
     with pytest.raises(UserError, match=r"1 word\(s\) in no lexicon and not in CMUdict, e.g. \['ZORBLATTIC'\]"):
         write_lexicon(str(copy), ["dev-clean"], str(tmp_path / "lex2.txt"), [])
     assert not os.path.exists(tmp_path / "lex2.txt") and os.path.isfile(trans)
+    # --g2p: g2p-en's model predicts it, in SUPERB's phoneme set
+    from s3prl_adapters.data.ctc_corpora import PHONEMES
+
+    counts = write_lexicon(str(copy), ["dev-clean"], str(tmp_path / "lex2.txt"), [], g2p=True)
+    assert counts == {"given": 0, "cmudict": 2, "g2p": 1, "words": 3}
+    predicted = dict(line.split("\t") for line in (tmp_path / "lex2.txt").read_text().splitlines())["ZORBLATTIC"]
+    assert len(predicted.split()) >= 6 and set(predicted.split()) <= set(PHONEMES)
 
 
 def _train(task, upstream, ckpt, corpus, expdir, steps, extra=()):

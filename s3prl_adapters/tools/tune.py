@@ -476,10 +476,6 @@ def setup_from_args(args) -> (TrialSetup, SearchSpace):
         raise UserError(f"--steps {args.steps}: must be >= 2 (dev is evaluated halfway and at the end)")
     if args.downstream not in available_tasks():
         raise UserError(f"-d {args.downstream}: unknown task; valid: {available_tasks()}")
-    task = find_task(args.downstream)
-    if task is None or not task.dev_split:
-        raise UserError(f"-d {args.downstream}: tune needs the task's dev split and metric, which only the tasks of "
-                        f"s3prl_adapters/tasks/ with a dev split describe")
     _check_upstream(args.upstream)
     config_path = args.config or shipped_config(args.downstream)
     if config_path is None or not os.path.isfile(config_path):
@@ -488,6 +484,10 @@ def setup_from_args(args) -> (TrialSetup, SearchSpace):
     from s3prl_adapters.bridge.config_guard import load_config_file
 
     config = load_config_file(str(config_path), args.downstream)
+    task = find_task(args.downstream, config)  # -d ctc: PR or SF, by the config's corpus
+    if task is None or not task.dev_split:
+        raise UserError(f"-d {args.downstream}: tune needs the task's dev split and metric, which only the tasks of "
+                        f"s3prl_adapters/tasks/ with a dev split describe")
     if args.upstream_ckpt and "://" not in args.upstream_ckpt and not os.path.isfile(args.upstream_ckpt):
         raise UserError(f"-k {args.upstream_ckpt}: no such file")
     if args.upstream_model_config and not os.path.isfile(args.upstream_model_config):
