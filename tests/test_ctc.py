@@ -1,6 +1,7 @@
 """PR and SF: S3PRL's `-d ctc` recipe with the corpus readers PyPI S3PRL lacks (ours, installed by the
 launcher), the shipped configs, the stand-ins, the metrics on hand-made cases, and training, evaluation
-and resumption through run_downstream.py for a parameter-efficient method and fine-tuning."""
+and resumption through run_downstream.py for a parameter-efficient method and fine-tuning (all seven
+methods: scripts/ctc_all_methods.sh), export, predict and submission."""
 
 import glob
 import os
@@ -193,8 +194,8 @@ def _train(task, upstream, ckpt, corpus, expdir, steps, extra=()):
                 "-p", expdir, "--device", "cpu", "--seed", "1", "-a", "-o", overrides, *extra)
 
 
-@pytest.mark.parametrize("task, metric", [("pr", "per"), ("sf", "slot_type_f1")])
-@pytest.mark.parametrize("upstream", ["wavlm_ladapter", "wavlm_local"])
+@pytest.mark.parametrize("task, metric, upstream", [("pr", "per", "wavlm_ladapter"), ("pr", "per", "wavlm_local"),
+                                                    ("sf", "slot_type_f1", "wavlm_ladapter")])
 def test_pr_and_sf_train_evaluate_and_resume(task, metric, upstream, ctc_corpus, tiny_ckpt, tmp_path):
     """Train 4 steps, resume to 8 (-a picks up states-4.ckpt), evaluate the test split: the recipe's
     metric lines, its hypothesis file for every test utterance, the trainable groups of the method."""
