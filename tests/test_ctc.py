@@ -242,3 +242,19 @@ def test_pr_and_sf_train_evaluate_and_resume(task, metric, upstream, ctc_corpus,
     assert build_submission(zipped, **{spec.key: expdir}) == [spec.submission_member]
     with zipfile.ZipFile(zipped) as z:
         assert len(z.read(spec.submission_member).decode().splitlines()) == 60
+
+
+@pytest.mark.parametrize("task, key, message", [
+    ("pr", "corpus.lexicon=['/nonexistent/lexicon.txt']", "lexicon (s3prl-adapters prepare-libriphone writes one) "
+                                                          "/nonexistent/lexicon.txt does not exist (config "
+                                                          "downstream_expert.corpus.lexicon)"),
+    ("sf", "corpus.test=['nonexistent']", "split folder 'nonexistent'"),
+])
+def test_ctc_corpus_checks_are_one_line(task, key, message, ctc_corpus, tiny_ckpt, tmp_path):
+    from s3prl_adapters.tasks import corpus_overrides
+
+    r = _run("-m", "train", "-u", "wavlm_ladapter", "-k", tiny_ckpt, "-d", "ctc", "-c", os.path.join(CONFIGS, task, "mini.yaml"),
+             "-p", str(tmp_path / "x"), "--device", "cpu",
+             "-o", f"{corpus_overrides(task, ctc_corpus)},,config.downstream_expert.{key}")
+    assert r.returncode == 2 and message in r.stderr.strip().splitlines()[-1], r.stderr[-1500:]
+    assert "Traceback" not in r.stderr
