@@ -382,6 +382,29 @@ def ctc_loaders_after_the_first_forget_num_workers() -> None:
     expert.load_dataset = load_dataset
 
 
+def diarization_wav_scp_entries_run_as_commands() -> None:
+    """S3PRL's SD recipe reads audio through Kaldi's rxfilename rules: a `wav.scp` entry ending in `|`
+    is run as a shell command (`subprocess.Popen(..., shell=True)`), `-` reads stdin. A data folder is a
+    file from elsewhere, and no file runs code here: such an entry stops the run in one line instead."""
+    from s3prl.downstream.diarization import dataset
+
+    cls = dataset.KaldiData
+    if getattr(cls._load_wav, "_s3prl_adapters_patch", False):
+        return
+    original = cls._load_wav
+
+    def _load_wav(self, wav_rxfilename, start=0, end=None):
+        if wav_rxfilename.rstrip().endswith("|") or wav_rxfilename.strip() == "-":
+            from s3prl_adapters.errors import UserError
+
+            raise UserError(f"{self.data_dir}/wav.scp: '{wav_rxfilename}' is a command or stdin, not a file; "
+                            f"refused (S3PRL would run it in a shell)")
+        return original(self, wav_rxfilename, start, end)
+
+    _load_wav._s3prl_adapters_patch = True
+    cls._load_wav = _load_wav
+
+
 def install_task_workarounds(downstream: str) -> None:
     """The workarounds the task modules of recipe `downstream` name (none for recipes without one)."""
     from s3prl_adapters.tasks import tasks_of_recipe

@@ -141,7 +141,7 @@ class _BoundSet:
             states = [self.l_adapters[str(i)](states[i + 1]) for i in layers]
         features = self.featurizer(wavs, {"hidden_states": states, "last_hidden_state": states[-1]})
         features = own_frames(features, wavs, self.conv_layers)  # each file's frames as it has them alone
-        return self.spec.answer(self.head, features, self.set.head["facts"])
+        return self.spec.answer_audio(self.head, features, self.set.head["facts"], wavs)
 
 
 def _exact_states(backbone: nn.Module) -> BackboneStates:
@@ -205,8 +205,11 @@ class MultiTaskWavLM:
         self.states = _exact_states(self.backbone)
         self.sets = [_BoundSet(s, self.backbone, device) for s in sets]
 
-    def _prepare(self, wavs: List[torch.Tensor], effects) -> List[torch.Tensor]:
-        return [apply_effects(w.float().cpu(), effects).to(self.device) for w in wavs]
+    def _prepare(self, wavs: List[torch.Tensor], effects, whole_frames=None) -> List[torch.Tensor]:
+        prepared = [apply_effects(w.float().cpu(), effects) for w in wavs]
+        if whole_frames:
+            prepared = [w[:len(w) // whole_frames * whole_frames] for w in prepared]
+        return [w.to(self.device) for w in prepared]
 
     @torch.no_grad()
     def predict(self, wavs: Sequence[torch.Tensor]) -> List[Dict[str, dict]]:
@@ -218,8 +221,8 @@ class MultiTaskWavLM:
         shared: Dict[tuple, List[_BoundSet]] = {}
         for bound in self.sets:
             if bound.shares_the_pass:
-                shared.setdefault(tuple(bound.spec.audio_effects), []).append(bound)
-        for effects, group in shared.items():
+                shared.setdefault((tuple(bound.spec.audio_effects), bound.spec.whole_frames), []).append(bound)
+        for (effects, _), group in shared.items():
             self._run(wavs, effects, group, results, lambda ready: self.states(ready, grad=False))
         for bound in self.sets:
             if bound.own_states is not None:
@@ -233,7 +236,7 @@ class MultiTaskWavLM:
         return results
 
     def _run(self, wavs, effects, group: List[_BoundSet], results, states_of) -> None:
-        prepared = self._prepare(wavs, effects)
+        prepared = self._prepare(wavs, effects, group[0].spec.whole_frames)  # a group shares both
         minimum = max(b.spec.min_frames for b in group) * 320 + 80  # CNN receptive field: 400 samples per frame
         ready = [i for i, w in enumerate(prepared) if len(w) >= minimum]
         for i in sorted(set(range(len(wavs))) - set(ready)):

@@ -245,6 +245,10 @@ class Task:
     """sox effects the recipe's loaders apply to a 16 kHz mono waveform before the upstream (its
     training and test alike); predict applies the same."""
 
+    whole_frames: Optional[int] = None
+    """The recipe reads a file only up to a whole number of label frames of this many samples (SD: it
+    loads samples [0, frames x frame shift)); predict cuts the rest off the same way. None: the whole file."""
+
     min_frames: int = 1
     """Frames (20 ms) the head needs at least; shorter audio gets an error answer instead."""
 
@@ -270,6 +274,11 @@ class Task:
         """One answer per utterance, decoded as the recipe decodes its test split (`features`: the
         Featurizer's per-utterance outputs)."""
         raise NotImplementedError
+
+    def answer_audio(self, head, features: list, facts: dict, wavs: list) -> List[dict]:
+        """`answer`, for a recipe whose decoding depends on the audio itself beyond its features (SD: its
+        label grid comes from the duration); `wavs` are the waveforms the features came from."""
+        return self.answer(head, features, facts)
 
 
 def default_eval_batch(device: str) -> int:

@@ -40,7 +40,11 @@ def build_submission(out_zip: str, **experiments: Experiments) -> List[str]:
     tmp = out_zip + ".tmp"
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
         for name, src in members.items():
-            z.write(os.path.realpath(src), name)
+            if os.path.isdir(src):  # a folder member (SD's predictions): every file of it under the member's name
+                for f in sorted(os.listdir(src)):
+                    z.write(os.path.realpath(os.path.join(src, f)), name + f)
+            else:
+                z.write(os.path.realpath(src), name)
     os.replace(tmp, out_zip)
     return sorted(members)
 
