@@ -345,7 +345,9 @@ class AdapterRunner(Runner):
         import glob
         import os
 
-        if self.config["runner"].get("eval_dataloaders") and not glob.glob(os.path.join(self.args.expdir, "*-best.ckpt")):
+        best = glob.glob(os.path.join(self.args.expdir, "*-best.ckpt")) + glob.glob(os.path.join(self.args.expdir,
+                                                                                             "best-states-*.ckpt"))  # SD
+        if self.config["runner"].get("eval_dataloaders") and not best:
             print(f"[s3prl-adapters] no *-best.ckpt in {self.args.expdir}: the recipe's best rule never fired "
                   f"(e.g. dev accuracy stayed 0 or WER never fell below 100); evaluate the last states-*.ckpt",
                   file=sys.stderr)

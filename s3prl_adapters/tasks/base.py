@@ -187,6 +187,11 @@ class Task:
             raise UserError(f"no '{self.metric_pattern}' line in the evaluation log")
         return float(values[-1])
 
+    def table_value(self, expdir: str, log_text: str, fold: Optional[int] = None) -> float:
+        """The results table's value of a run's test evaluation, as printed (x percent = %): what S3PRL
+        printed, unless the task's SUPERB metric is scored from the run's files (SD)."""
+        return self.parse_metric(log_text)
+
     def corpus_test_ids(self, config: dict, fold: Optional[int] = None) -> List[str]:
         """The ids of the test split's utterances as the corpus lists them (not as the run wrote them):
         what a submission must cover."""

@@ -179,6 +179,33 @@ class SpeakerDiarization(Task):
         ids = sorted(per_recording)
         return {"ids": ids, "errors": [per_recording[r][0] for r in ids], "total": [per_recording[r][1] for r in ids]}
 
+    def table_value(self, expdir, log_text, fold=None):
+        """SUPERB's DER (RTTM scored, threshold 0.5, no median filter) as a fraction, not the frame DER the
+        recipe prints: the two differ (the recipe averages per-recording frame error rates)."""
+        import numpy as np
+
+        items = self.test_items(expdir, fold)
+        return self.score(items, np.arange(len(items["ids"]))) / 100.0
+
+    # ---- reproduction: predict's speaker turns against the recipe's test posteriors ------------------
+
+    def test_files(self, expdir, fold=None):
+        return dict(read_wav_scp(os.path.join(self._dirs(latest_config(expdir), ("test",))[0], "wav.scp")))
+
+    def recorded_answers(self, expdir, fold=None):
+        return {rec: tuple(sorted((round(s, 2), round(e, 2), int(k.rsplit("_", 1)[1])) for s, e, k in turns))
+                for rec, turns in posterior_rttm(expdir, 0.5, 1).items()}
+
+    def answer_key(self, answer):
+        return tuple(sorted((round(t["start"], 2), round(t["end"], 2), t["speaker"]) for t in answer["turns"]))
+
+    def reproduced_items(self, expdir, fold, keys):
+        reference = os.path.join(self._dirs(latest_config(expdir), ("test",))[0], "rttm")
+        hypothesis = {rec: [(s, e, f"{rec}_{k}") for s, e, k in turns] for rec, turns in keys.items()}
+        per_recording = diarization_errors(hypothesis, reference)
+        ids = sorted(per_recording)
+        return {"ids": ids, "errors": [per_recording[r][0] for r in ids], "total": [per_recording[r][1] for r in ids]}
+
     def score(self, items, index):
         import numpy as np
 

@@ -79,7 +79,7 @@ class StudyJob(Requeued):
 
 
 def _checkpoint_to_evaluate(expdir: str) -> str:
-    best = sorted(f for f in os.listdir(expdir) if f.endswith("-best.ckpt"))
+    best = sorted(f for f in os.listdir(expdir) if f.endswith("-best.ckpt") or f.startswith("best-states-"))  # SD's name
     if best:
         return os.path.join(expdir, best[0])
     states = sorted((f for f in os.listdir(expdir) if re.fullmatch(r"states-\d+\.ckpt", f)),
@@ -336,7 +336,7 @@ class Benchmark:
         run_downstream(["-m", "evaluate", "-e", ckpt, "-t", task.evaluated_split, "--device", a.device],
                        evaluate_log, a.threads, stream, env=env)
         with open(evaluate_log) as f:
-            value = task.parse_metric(f.read())
+            value = task.table_value(run.expdir, f.read(), run.fold)
         result = {
             "task": run.task, "method": run.method, "upstream": method.upstream + (" -f" if method.finetune else ""),
             "seed": run.seed, "fold": run.fold, "metric": task.metric, "metric_value": value,
