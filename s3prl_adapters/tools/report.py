@@ -68,7 +68,9 @@ def results_markdown(results: List[dict], wall_seconds: float = None, cells: Dic
     notes = [
         "",
         f"Backbone `{os.path.basename(r0['backbone'])}`, git {r0['git_commit']}; seeds {seeds}; "
-        "metrics are S3PRL's printed test values (WER in %, accuracy and EER converted from fractions).",
+        "metrics are S3PRL's printed test values (WER in %, accuracy and EER converted from fractions)"
+        + ("; SD: SUPERB's DER scored from the run's test posteriors (threshold 0.5, no median filter, "
+           "pyannote.metrics, no collar), not the recipe's printed frame DER" if "diarization" in tasks else "") + ".",
         "Cells: value" + (" ± sd across seeds" if len(seeds) > 1 else "") + " [95 % bootstrap interval over the test "
         "items (utterances; ASV: trials), 1000 resamples" + (", pooled over seeds" if len(seeds) > 1 else "") + "]; "
         f"≈ = the interval overlaps {METHODS[REFERENCE].title}'s (not different by that rule).",
