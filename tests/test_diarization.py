@@ -3,7 +3,6 @@
 training, resumption, evaluation, scoring, export, predict and the submission member; a wav.scp entry
 that is a command is refused (S3PRL would run it)."""
 
-import glob
 import os
 import re
 import subprocess

@@ -31,6 +31,11 @@ class CtcTask(Task):
         corpus = (config.get("downstream_expert") or {}).get("corpus") or {}
         return isinstance(corpus, dict) and str(corpus.get("name", "")).lower() == self.corpus_name
 
+    @staticmethod
+    def _splits(corpus: dict, which) -> List[str]:
+        """The split folders the corpus section names under the keys `which` (train, dev, test; a name or a list)."""
+        return [s for key in which for s in ([corpus[key]] if isinstance(corpus.get(key), str) else corpus.get(key) or [])]
+
     @property
     def metric_pattern(self):
         return rf"^test {self.metric}: ([\d.eE+-]+)$"

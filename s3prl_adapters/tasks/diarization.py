@@ -11,7 +11,7 @@ with pyannote.metrics (no collar, overlap scored, as S3PRL's dscore call)."""
 
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 from s3prl_adapters.errors import UserError
 
@@ -154,7 +154,6 @@ class SpeakerDiarization(Task):
     def validate_prediction(self, expdir, fold=None):
         """Every test recording has its posteriors (frames x 2 speakers, values in [0, 1])."""
         import h5py
-        import numpy as np
 
         from .base import same_ids
 

@@ -13,7 +13,7 @@ from typing import Dict, List, Sequence
 
 from s3prl_adapters.errors import UserError
 
-from .base import datarc, latest_config, read_lines
+from .base import datarc, latest_config
 from .ctc import CtcTask, ark_items
 
 SPLITS = ("train-clean-100", "dev-clean", "test-clean")
@@ -40,9 +40,6 @@ class PhonemeRecognition(CtcTask):
     def _lexicons(corpus: dict) -> List[str]:
         lexicon = corpus.get("lexicon") or []
         return [lexicon] if isinstance(lexicon, str) else list(lexicon)
-
-    def _splits(self, corpus: dict, which: Sequence[str]) -> List[str]:
-        return [s for key in which for s in ([corpus[key]] if isinstance(corpus.get(key), str) else corpus.get(key) or [])]
 
     def required_paths(self, config):
         corpus = datarc(config, "corpus")

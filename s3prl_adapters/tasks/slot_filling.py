@@ -33,9 +33,6 @@ class SlotFilling(CtcTask):
 
     # ---- corpus -----------------------------------------------------------------------------------
 
-    def _splits(self, corpus: dict, which) -> List[str]:
-        return [s for key in which for s in ([corpus[key]] if isinstance(corpus.get(key), str) else corpus.get(key) or [])]
-
     def required_paths(self, config):
         corpus = datarc(config, "corpus")
         root = corpus["path"]
