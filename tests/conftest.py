@@ -69,4 +69,3 @@ def more_corpus(tmp_path_factory):
     manifest = make_mini_superb(root, tasks=["speech_commands", "voxceleb1"])
     assert manifest["tasks"] == ["sv_voxceleb1", "speech_commands", "voxceleb1"]
     return root
-

@@ -342,12 +342,9 @@ class AdapterRunner(Runner):
             )
 
     def _note_missing_best_checkpoint(self):
-        import glob
-        import os
+        from s3prl_adapters.tasks.base import best_checkpoints
 
-        best = glob.glob(os.path.join(self.args.expdir, "*-best.ckpt")) + glob.glob(os.path.join(self.args.expdir,
-                                                                                             "best-states-*.ckpt"))  # SD
-        if self.config["runner"].get("eval_dataloaders") and not best:
+        if self.config["runner"].get("eval_dataloaders") and not best_checkpoints(self.args.expdir):
             print(f"[s3prl-adapters] no *-best.ckpt in {self.args.expdir}: the recipe's best rule never fired "
                   f"(e.g. dev accuracy stayed 0 or WER never fell below 100); evaluate the last states-*.ckpt",
                   file=sys.stderr)

@@ -10,7 +10,7 @@ from typing import Dict, List, Optional
 
 from s3prl_adapters.errors import UserError
 
-from .base import Task, csv_column, datarc, latest_config, read_lines, same_ids
+from .base import Task, csv_column, datarc, error_rate, latest_config, read_lines, same_ids
 
 SPLITS = ("train-clean-100", "dev-clean", "test-clean")
 
@@ -150,9 +150,7 @@ class SpeechRecognition(Task):
                 "words": [len(ref[u]) for u in ids]}
 
     def score(self, items, index):
-        import numpy as np
-
-        return 100.0 * float(np.asarray(items["errors"])[index].sum() / max(1, np.asarray(items["words"])[index].sum()))
+        return error_rate(items, index)
 
     # ---- reproduction ---------------------------------------------------------------------------------
 

@@ -38,6 +38,10 @@ class Task:
     model_section: str = "modelrc"
     """The section of `downstream_expert` holding the head's model settings (the ctc recipe's is `model`)."""
 
+    def corpus_settings(self, config: dict) -> dict:
+        """This task's corpus section of a config (`downstream_expert.<data_section>`)."""
+        return config["downstream_expert"][self.data_section]
+
     def runs_as(self) -> str:
         """The `-d` value of run_downstream.py for this task."""
         return self.recipe or self.name
@@ -297,6 +301,25 @@ def default_eval_batch(device: str) -> int:
 
 def datarc(config: dict, section: str = "datarc") -> dict:
     return config["downstream_expert"][section]
+
+
+def error_rate(items: dict, index, total: str = "words", floor: float = 1.0) -> float:
+    """Summed errors over summed reference units in %, of the items at `index` (WER, PER, DER: the
+    corpus-level rate, as the recipes compute it, not a mean of per-item rates)."""
+    import numpy as np
+
+    return 100.0 * float(np.asarray(items["errors"])[index].sum() / max(floor, np.asarray(items[total])[index].sum()))
+
+
+BEST_CHECKPOINT_GLOBS = ("*-best.ckpt", "best-states-*.ckpt")
+"""How the recipes name the checkpoint of their best dev result (`dev-best.ckpt`; SD: `best-states-dev.ckpt`)."""
+
+
+def best_checkpoints(expdir: str) -> List[str]:
+    """The best-on-dev checkpoints a run folder holds, sorted by name."""
+    import glob
+
+    return sorted(p for pattern in BEST_CHECKPOINT_GLOBS for p in glob.glob(os.path.join(expdir, pattern)))
 
 
 def overrides_string(values: Dict[str, str], section: str = "datarc") -> str:

@@ -15,7 +15,7 @@ from typing import Dict, List, Tuple
 
 from s3prl_adapters.errors import UserError
 
-from .base import Task, datarc, latest_config
+from .base import Task, error_rate, latest_config
 
 FILES = ("wav.scp", "segments", "utt2spk", "spk2utt", "reco2dur")
 SPLITS = {"train": "train-100", "dev": "dev", "test": "test"}
@@ -44,7 +44,7 @@ class SpeakerDiarization(Task):
     # ---- corpus -----------------------------------------------------------------------------------
 
     def _dirs(self, config: dict, which) -> List[str]:
-        loader = datarc(config, "loaderrc")
+        loader = self.corpus_settings(config)
         return [loader[f"{split}_dir"] for split in which]
 
     def required_paths(self, config):
@@ -174,9 +174,7 @@ class SpeakerDiarization(Task):
         0.5, no median filter); SUPERB's DER = their sums' ratio."""
         config = latest_config(expdir)
         reference = os.path.join(self._dirs(config, ("test",))[0], "rttm")
-        per_recording = diarization_errors(posterior_rttm(expdir, 0.5, 1), reference)
-        ids = sorted(per_recording)
-        return {"ids": ids, "errors": [per_recording[r][0] for r in ids], "total": [per_recording[r][1] for r in ids]}
+        return der_items(diarization_errors(posterior_rttm(expdir, 0.5, 1), reference))
 
     def table_value(self, expdir, log_text, fold=None):
         """SUPERB's DER (RTTM scored, threshold 0.5, no median filter) as a fraction, not the frame DER the
@@ -201,14 +199,10 @@ class SpeakerDiarization(Task):
     def reproduced_items(self, expdir, fold, keys):
         reference = os.path.join(self._dirs(latest_config(expdir), ("test",))[0], "rttm")
         hypothesis = {rec: [(s, e, f"{rec}_{k}") for s, e, k in turns] for rec, turns in keys.items()}
-        per_recording = diarization_errors(hypothesis, reference)
-        ids = sorted(per_recording)
-        return {"ids": ids, "errors": [per_recording[r][0] for r in ids], "total": [per_recording[r][1] for r in ids]}
+        return der_items(diarization_errors(hypothesis, reference))
 
     def score(self, items, index):
-        import numpy as np
-
-        return 100.0 * float(np.asarray(items["errors"])[index].sum() / max(1e-9, np.asarray(items["total"])[index].sum()))
+        return error_rate(items, index, total="total", floor=1e-9)
 
     # ---- inference ----------------------------------------------------------------------------------
 
@@ -342,6 +336,12 @@ def diarization_errors(hypothesis: Dict[str, list], reference_rttm: str) -> Dict
     return out
 
 
+def der_items(per_recording: Dict[str, Tuple[float, float]]) -> dict:
+    """diarization_errors' {recording: (errors, total)} as the per-item outcomes `score` reads."""
+    ids = sorted(per_recording)
+    return {"ids": ids, "errors": [per_recording[r][0] for r in ids], "total": [per_recording[r][1] for r in ids]}
+
+
 def _prepare(args):
     from s3prl_adapters.data.librimix import prepare_librimix
 
@@ -355,8 +355,8 @@ def _score(args):
     reference = os.path.join(TASK._dirs(config, ("test",))[0], "rttm")
     results = []
     for median, threshold in GRID:
-        errors = diarization_errors(posterior_rttm(args.expdir, threshold, median), reference)
-        der = 100 * sum(e for e, _ in errors.values()) / max(1e-9, sum(t for _, t in errors.values()))
+        items = der_items(diarization_errors(posterior_rttm(args.expdir, threshold, median), reference))
+        der = TASK.score(items, list(range(len(items["ids"]))))
         results.append((der, median, threshold))
         print(f"median {median:2d} threshold {threshold:.1f}: DER {der:.2f} %")
     best = min(results)

@@ -13,7 +13,7 @@ from typing import Dict, List, Sequence
 
 from s3prl_adapters.errors import UserError
 
-from .base import datarc, latest_config
+from .base import error_rate, latest_config
 from .ctc import CtcTask, ark_items
 
 SPLITS = ("train-clean-100", "dev-clean", "test-clean")
@@ -42,7 +42,7 @@ class PhonemeRecognition(CtcTask):
         return [lexicon] if isinstance(lexicon, str) else list(lexicon)
 
     def required_paths(self, config):
-        corpus = datarc(config, "corpus")
+        corpus = self.corpus_settings(config)
         paths = [(corpus["path"], "LibriSpeech root", "path")]
         paths += [(os.path.join(corpus["path"], s), f"split folder '{s}'", "path")
                   for s in self._splits(corpus, ("train", "dev", "test"))]
@@ -53,10 +53,10 @@ class PhonemeRecognition(CtcTask):
         return [str(f) for s in self._splits(corpus, which) for f in sorted(Path(corpus["path"], s).rglob("*.flac"))]
 
     def evaluation_audio(self, config):
-        return self._flacs(datarc(config, "corpus"), ("dev", "test"))
+        return self._flacs(self.corpus_settings(config), ("dev", "test"))
 
     def training_audio(self, config):
-        return self._flacs(datarc(config, "corpus"), ("train",))
+        return self._flacs(self.corpus_settings(config), ("train",))
 
     def corpus_flags(self):
         return [("--librispeech", "real LibriSpeech root"),
@@ -89,7 +89,7 @@ class PhonemeRecognition(CtcTask):
     def corpus_test_ids(self, config, fold=None):
         from s3prl_adapters.data.ctc_corpora import librispeech_transcripts
 
-        corpus = datarc(config, "corpus")
+        corpus = self.corpus_settings(config)
         return [u for s in self._splits(corpus, ("test",)) for u in librispeech_transcripts(corpus["path"], s)]
 
     def check_hypothesis(self, path, n, text):
@@ -110,14 +110,12 @@ class PhonemeRecognition(CtcTask):
                 "words": [len(ref[u].split(" ")) for u in ids]}
 
     def score(self, items, index):
-        import numpy as np
-
-        return 100.0 * float(np.asarray(items["errors"])[index].sum() / max(1, np.asarray(items["words"])[index].sum()))
+        return error_rate(items, index)
 
     def test_files(self, expdir, fold=None):
         from s3prl_adapters.data.ctc_corpora import librispeech_transcripts
 
-        corpus = datarc(latest_config(expdir), "corpus")
+        corpus = self.corpus_settings(latest_config(expdir))
         return {u: audio for s in self._splits(corpus, ("test",))
                 for u, (audio, _) in librispeech_transcripts(corpus["path"], s).items()}
 

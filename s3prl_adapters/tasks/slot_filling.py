@@ -14,7 +14,7 @@ from typing import List
 
 from s3prl_adapters.errors import UserError
 
-from .base import datarc, latest_config
+from .base import latest_config
 from .ctc import CtcTask, ark_items
 
 SPLITS = ("train", "valid", "test")
@@ -34,7 +34,7 @@ class SlotFilling(CtcTask):
     # ---- corpus -----------------------------------------------------------------------------------
 
     def required_paths(self, config):
-        corpus = datarc(config, "corpus")
+        corpus = self.corpus_settings(config)
         root = corpus["path"]
         paths = [(root, "Audio SNIPS root", "path"), (os.path.join(root, "all.iob.snips.txt"), "slot-tagged transcripts", "path")]
         paths += [(os.path.join(root, s), f"split folder '{s}'", "path") for s in self._splits(corpus, ("train", "dev", "test"))]
@@ -58,10 +58,10 @@ class SlotFilling(CtcTask):
         return files
 
     def evaluation_audio(self, config):
-        return self._wavs(datarc(config, "corpus"), ("dev", "test"))
+        return self._wavs(self.corpus_settings(config), ("dev", "test"))
 
     def training_audio(self, config):
-        return self._wavs(datarc(config, "corpus"), ("train",))
+        return self._wavs(self.corpus_settings(config), ("train",))
 
     def corpus_flags(self):
         return [("--snips", "real Audio SNIPS root (SUPERB's release: train/ valid/ test/, all.iob.snips.txt, slots.txt)")]
@@ -118,7 +118,7 @@ class SlotFilling(CtcTask):
     # ---- results and submission ---------------------------------------------------------------------
 
     def corpus_test_ids(self, config, fold=None):
-        return [Path(f).stem for f in self._wavs(datarc(config, "corpus"), ("test",))]
+        return [Path(f).stem for f in self._wavs(self.corpus_settings(config), ("test",))]
 
     def check_hypothesis(self, path, n, text):
         for token in text.split():
@@ -140,7 +140,7 @@ class SlotFilling(CtcTask):
         return 100.0 * float(np.asarray(items["f1"], dtype=float)[index].mean())
 
     def test_files(self, expdir, fold=None):
-        corpus = datarc(latest_config(expdir), "corpus")
+        corpus = self.corpus_settings(latest_config(expdir))
         return {Path(f).stem: f for f in self._wavs(corpus, ("test",))}
 
     def reproduced_items(self, expdir, fold, keys):

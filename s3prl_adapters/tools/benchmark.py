@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from s3prl_adapters.tasks import PAPER_TASKS, TASKS, make_mini_superb
-from s3prl_adapters.tasks.base import default_eval_batch, overrides_string
+from s3prl_adapters.tasks.base import best_checkpoints, default_eval_batch, overrides_string
 from s3prl_adapters.tools.catalogue import CACHEABLE, METHODS, PREFIX_CACHEABLE
 from s3prl_adapters.tools import search_record
 from s3prl_adapters.tools.launch import run_downstream
@@ -79,9 +79,9 @@ class StudyJob(Requeued):
 
 
 def _checkpoint_to_evaluate(expdir: str) -> str:
-    best = sorted(f for f in os.listdir(expdir) if f.endswith("-best.ckpt") or f.startswith("best-states-"))  # SD's name
+    best = best_checkpoints(expdir)
     if best:
-        return os.path.join(expdir, best[0])
+        return best[0]
     states = sorted((f for f in os.listdir(expdir) if re.fullmatch(r"states-\d+\.ckpt", f)),
                     key=lambda f: int(f.split("-")[1].split(".")[0]))
     if not states:
