@@ -24,6 +24,12 @@ fi
 stamp=.venv/.s3prl-adapters-installed
 want="$(cat requirements.txt setup.py pyproject.toml | sha1sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  # The pinned stack (torch with its CUDA libraries) takes ~8 GB: say so in one line, not pip's OSError.
+  free_kb=$(df -Pk .venv | awk 'NR==2 {print $4}')
+  if [ "$free_kb" -lt $((9 * 1024 * 1024)) ]; then
+    echo "[setup] error: .venv needs ~9 GB free on its filesystem, $(df -Ph .venv | awk 'NR==2 {print $4}') left (df -h $(pwd))" >&2
+    exit 1
+  fi
   echo "[setup] installing pinned requirements into .venv (first time: a few minutes, torch is large)"
   pip_quiet() {  # this machine's pip config names local wheel folders that may not exist: drop that noise
     .venv/bin/python -m pip install -q "$@" 2> >(grep -v "^WARNING: Location '.*' is ignored" >&2)
