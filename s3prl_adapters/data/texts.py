@@ -15,6 +15,8 @@ _OBJECTS = ["the red door", "a wooden box", "the green house", "the big river", 
             "an empty bottle", "the heavy stone", "a yellow kite", "the dark forest", "the new bridge", "a silver coin",
             "the long letter", "a warm blanket", "the old church", "a white horse", "the narrow road", "a blue basket",
             "the high tower", "a round table"]
+OBJECTS = _OBJECTS
+"""The noun phrases sentences use (QbE's stand-in queries are taken from them)."""
 _PLACES = ["near the market", "by the sea", "in the village", "under the tree", "behind the school", "at the station",
            "on the hill", "across the field", "inside the barn", "beside the lake", "in the city", "at the harbour"]
 _TIMES = ["in the morning", "at night", "before dinner", "after the rain", "last summer", "every day", "on sunday",

@@ -22,6 +22,7 @@ METHODS = {
 ACTIVATIONS = ("gelu", "relu")
 CHECKPOINT_MODES = ("full", "selective", "ffn_output")
 AUTOCAST_DTYPES = ("none", "bfloat16", "float16")
+HIDDEN_STATES = ("method", "backbone")
 
 
 @dataclass
@@ -97,6 +98,16 @@ class AdapterConfig:
     backbone's matmuls stay in the reduced precision). Measured: with everything in bfloat16 the
     proposed method's stand-in ASR and ASV degrade (README, cost section); false restores that."""
 
+    hidden_states: str = "method"
+    """What the upstream hands S3PRL's Featurizer: 'method' (the L-adapters' outputs where the method has
+    them, else the backbone's L+1 states) or 'backbone' (the backbone's L+1 states, with any E-adapters or
+    LoRA inside, as stock wavlm_local returns them): for tasks without training (QbE), whose layers
+    must mean something before any adapter has trained."""
+
+    adapter_weights: Optional[str] = None
+    """An exported adapter set (`s3prl-adapters export`) whose upstream tensors this upstream starts from
+    (its method and sizes must be this config's): QbE over a trained set's layers. Weights only."""
+
     @property
     def has_l_adapters(self) -> bool:
         return self.method in ("proposed", "l_only")
@@ -155,10 +166,10 @@ def _check_type(key, value):
         "e_adapter_layers": list, "l_adapter_layers": list, "attention_adapters": bool,
         "train_layer_norms": bool, "init_std": float, "layer_norm_eps": float,
         "backbone_dropout": bool, "checkpoint_activations": (bool, str), "autocast": str, "adapters_in_float32": bool,
-        "lora_rank": int, "lora_alpha": float, "lora_ffn": bool,
+        "lora_rank": int, "lora_alpha": float, "lora_ffn": bool, "hidden_states": str, "adapter_weights": str,
     }[key]
     if value is None and key in ("e_adapter_layers", "l_adapter_layers", "attention_adapters", "train_layer_norms",
-                                     "backbone_dropout", "lora_rank", "lora_alpha"):
+                                     "backbone_dropout", "lora_rank", "lora_alpha", "adapter_weights"):
         return value
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -191,6 +202,8 @@ def adapter_config_from_dict(method: str, values: dict, source: str = "adapter c
         raise UserError(f"{source}: 'activation' must be one of {list(ACTIVATIONS)}, got {cfg.activation!r}")
     if cfg.autocast not in AUTOCAST_DTYPES:
         raise UserError(f"{source}: 'autocast' must be one of {list(AUTOCAST_DTYPES)}, got {cfg.autocast!r}")
+    if cfg.hidden_states not in HIDDEN_STATES:
+        raise UserError(f"{source}: 'hidden_states' must be one of {list(HIDDEN_STATES)}, got {cfg.hidden_states!r}")
     if not cfg.init_std > 0 or not cfg.layer_norm_eps > 0:
         raise UserError(f"{source}: 'init_std' and 'layer_norm_eps' must be > 0")
     return cfg

@@ -197,7 +197,7 @@ class AdapterWavLMExpert(nn.Module):
         return [states[i + 1] for i in self.adapter_config.l_adapter_layers]
 
     def _hidden_states(self, wavs: List[torch.Tensor]) -> List[torch.Tensor]:
-        if self.l_adapters:
+        if self.l_adapters and self.adapter_config.hidden_states == "method":
             if self.state_source is not None:
                 inputs = self.state_source(wavs, self._l_adapter_inputs)
             else:

@@ -31,6 +31,8 @@ class SpeechRecognition(Task):
     standin_dir = "LibriSpeech"
     prediction_file = "test-clean-noLM-hyp.ark"
     submission_member = "predict/asr_public/predict.ark"
+    submission_variants = {"asr_lm": ("test-clean-LM-hyp.ark", "predict/asr_lm_public/predict.ark")}
+    """The recipe's KenLM decoding (datarc.decoder_args, flashlight) writes its test hypotheses as '-LM-'."""
     empty_train_hint = " (ASR drops a final bucket of one utterance)"
 
     # ---- corpus -----------------------------------------------------------------------------------
@@ -127,8 +129,8 @@ class SpeechRecognition(Task):
         d = datarc(config)
         return [os.path.basename(f).split(".")[0] for f in self._bucket_files(d, list(d.get(self.evaluated_split, [])))]
 
-    def validate_prediction(self, expdir, fold=None):
-        path = os.path.join(expdir, self.prediction_file)
+    def validate_prediction(self, expdir, fold=None, prediction_file=None):
+        path = os.path.join(expdir, prediction_file or self.prediction_file)
         lines = read_lines(path)
         for n, line in enumerate(lines, 1):
             if not re.fullmatch(r"\S+( [A-Z']+)*", line.rstrip(" ")):

@@ -89,6 +89,10 @@ class Task:
     paper_task: bool = False
     """One of the four tasks of Otake et al., run by default by run_benchmarks.sh."""
 
+    trains: bool = True
+    """False for a task without training (QbE: DTW over one layer's features): nothing to tune or export;
+    the benchmark and `s3prl-adapters qbe` run its layer sweep instead."""
+
     folds: Tuple[int, ...] = ()
     """Cross-validation folds (a run per fold), empty for a fixed split."""
 
@@ -117,6 +121,10 @@ class Task:
 
     submission_member: str
     """Its path inside SUPERB's predict.zip ('{fold}' for fold tasks)."""
+
+    submission_variants: Dict[str, Tuple[str, str]] = {}
+    """{submission key: (prediction file, member)}: further SUPERB members another decoding of the same
+    recipe writes (ASR with a language model); validate_prediction takes `prediction_file` for them."""
 
     empty_train_hint: str = ""
     """Added to the error when the train split yields no batch: what commonly causes it."""

@@ -125,7 +125,7 @@ def checkpoint_facts(ckpt_path: str, backbone: str) -> dict:
 
 class Benchmark:
     def __init__(self, args):
-        self.args = args
+        self.args = args = resolve_presets(args)
         args.eval_batch = args.eval_batch or default_eval_batch(args.device or "cpu")
         if args.eval_batch < 1:
             raise UserError(f"--eval-batch {args.eval_batch}: expected a number of files >= 1")
@@ -531,9 +531,32 @@ class Benchmark:
         return sections
 
     # ---- everything -------------------------------------------------------------------------
+    def run_qbe(self) -> Optional[dict]:
+        """QbE (trains nothing): SUPERB's layer sweep once per backbone, whatever the methods (their frozen
+        backbone is the same; tools/qbe.py), in OUTPUT/runs/quesst14_dtw/backbone/. A sweep that ended is read
+        back (--force redoes it)."""
+        qbe = [t for t in self.args.tasks if not TASKS[t].trains]
+        if not qbe:
+            return None
+        from s3prl_adapters.tools.qbe import sweep
+
+        a, task = self.args, TASKS[qbe[0]]
+        expdir = os.path.join(self.out, "runs", task.name, "backbone")
+        if a.force and os.path.isdir(expdir):
+            import shutil
+
+            shutil.rmtree(expdir)
+        corpus = task.real_corpus(a) or task.standin_overrides(self.mini_root)
+        print(f"[benchmark] {task.key.upper()}: every layer of the backbone on dev, the best on test ({expdir})",
+              file=sys.stderr)
+        return dict(sweep(argparse.Namespace(
+            backbone=self.backbone_path, expdir=expdir, quesst=corpus["dataset_root"], adapters=None, layers=None,
+            config=self.config_path(task.name), override="", device=a.device, threads=a.threads)),
+            task=task.name, git_commit=self.commit)
+
     def plan(self) -> List[Run]:
         runs = []
-        for task in self.args.tasks:
+        for task in [t for t in self.args.tasks if TASKS[t].trains]:
             for method in self.args.methods:
                 for seed in self.args.seeds:
                     folds = self.args.er_folds if TASKS[task].folds else [None]
@@ -572,10 +595,12 @@ class Benchmark:
         print(f"[benchmark] {len(runs)} runs, backbone {self.backbone_path}, {where}; "
               f"logs in {self.out}/runs/<task>/<method>/", file=sys.stderr)
         started = time.time()
+        qbe = self.run_qbe()
         results = self.execute_all(runs)
         missing = [r.label for r in runs if not any(x["expdir"] == r.expdir for x in results)]
-        if results:
-            write_reports(self.out, results, wall_seconds=time.time() - started, args=vars(self.args), missing=missing)
+        if results or qbe:
+            write_reports(self.out, results, wall_seconds=time.time() - started, args=vars(self.args), missing=missing,
+                          qbe=qbe)
         if self.failed:
             details = "; ".join(f"{o.label}: {o.detail}" for o in self.failed[:3])
             raise UserError(f"{len(self.failed)} of {len(runs)} runs did not end with a record ({details}"
@@ -587,10 +612,18 @@ class Benchmark:
         """The table from the records that exist (runs that ended, wherever they ran), and which are missing."""
         done = [r for r in runs if os.path.exists(self.record_path(r))]
         missing = [r.label for r in runs if r not in done]
-        if not done:
+        qbe = None
+        for t in [t for t in self.args.tasks if not TASKS[t].trains]:
+            summary = os.path.join(self.out, "runs", t, "backbone", "qbe.json")
+            if os.path.exists(summary):
+                with open(summary) as f:
+                    qbe = dict(json.load(f), task=t)
+            else:
+                missing.append(f"{t}/backbone")
+        if not done and not qbe:
             raise UserError(f"--report-only: no run of this command has a record under {self.out}/runs yet")
         results = [self.record(r) for r in done]
-        write_reports(self.out, results, wall_seconds=None, args=vars(self.args), missing=missing)
+        write_reports(self.out, results, wall_seconds=None, args=vars(self.args), missing=missing, qbe=qbe)
         print(f"[benchmark] --report-only: {len(done)} of {len(runs)} runs have a record"
               + (f"; missing: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}" if missing else ""),
               file=sys.stderr)
@@ -600,11 +633,17 @@ class Benchmark:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run_benchmarks.sh", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", nargs="+", default=PAPER_TASKS,
-                   help=f"any of {list(TASKS)} (default: the paper's four, {PAPER_TASKS})")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), help=f"subset of {list(METHODS)}")
+    p.add_argument("--tasks", nargs="+", default=None,
+                   help=f"any of {list(TASKS)} (default: the paper's four, {PAPER_TASKS}; with --superb all)")
+    p.add_argument("--superb", action="store_true",
+                   help="SUPERB's protocol for one method (--methods M, default ladapter: the proposed method): every task (or those of "
+                        "--tasks), emotion's five folds, QbE's layer sweep; one results row and one predict.zip that "
+                        "names the SUPERB members it lacks")
+    p.add_argument("--methods", nargs="+", default=None, help=f"subset of {list(METHODS)} (default: all; with --superb "
+                   "ladapter)")
     p.add_argument("--seeds", nargs="+", type=int, default=[1337])
-    p.add_argument("--er-folds", nargs="+", type=int, default=[1], help="emotion folds; 1 2 3 4 5 for SUPERB's protocol")
+    p.add_argument("--er-folds", nargs="+", type=int, default=None,
+                   help="emotion folds (default 1; with --superb 1 2 3 4 5, SUPERB's protocol)")
     p.add_argument("--backbone", help="WavLM checkpoint (e.g. WavLM-Base+.pt); default: the embedded tiny pretrained one")
     p.add_argument("--adapter-config", help="-g YAML for the adapter upstreams (default: paper sizes, scaled to the width)")
     p.add_argument("--feature-cache", metavar="DIR", help=f"where {list(CACHEABLE)} cache the backbone's states "
@@ -659,6 +698,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-reproduce", action="store_true", help="skip reproducing each cell with export + predict "
                    "(by default every run's test answers are redone file by file by predict of its exported set)")
     return p
+
+
+def resolve_presets(args) -> argparse.Namespace:
+    """Fill --tasks/--methods/--er-folds from --superb or the paper's defaults."""
+    if args.superb:
+        args.tasks = args.tasks or list(TASKS)
+        args.methods = args.methods or ["ladapter"]
+        if len(args.methods) != 1:
+            raise UserError(f"--superb: one method (one SUPERB row), got --methods {' '.join(args.methods)}")
+        args.er_folds = args.er_folds or [1, 2, 3, 4, 5]
+    args.tasks = args.tasks or list(PAPER_TASKS)
+    args.methods = args.methods or list(METHODS)
+    args.er_folds = args.er_folds or [1]
+    return args
 
 
 def main(argv=None):

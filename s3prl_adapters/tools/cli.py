@@ -50,11 +50,14 @@ def _pretrain_tiny(args):
 
 
 def _submit(args):
-    from s3prl_adapters.tools.submission import build_submission, experiments_from_args, incomplete_folds
+    from s3prl_adapters.tools.submission import build_submission, experiments_from_args, incomplete_folds, missing_members
 
     experiments = experiments_from_args(args)
     members = build_submission(args.output, **experiments)
     print(f"wrote {args.output}: " + ", ".join(members))
+    missing = missing_members(members)
+    if missing:
+        print(f"SUPERB members not in it ({len(missing)}): " + ", ".join(missing))
     note = incomplete_folds(experiments)
     if note:
         print(note)
@@ -182,6 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("json_file", metavar="JSON")
     p.add_argument("-o", "--output", help="write the Markdown here (default: standard output)")
     p.set_defaults(func=_render)
+
+    p = sub.add_parser("qbe", help="SUPERB's QbE protocol: -d quesst14_dtw on every layer on dev, the best on test, "
+                                   "scored (MTWV)")
+    from s3prl_adapters.tools.qbe import add_arguments as qbe_arguments
+
+    qbe_arguments(p)
 
     p = sub.add_parser("submit", help="validate S3PRL test predictions and zip them in the SUPERB layout")
     from s3prl_adapters.tools.submission import add_arguments

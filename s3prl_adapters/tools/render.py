@@ -22,9 +22,10 @@ def render_file(path: str) -> str:
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: not a readable JSON file ({e})") from None
     if isinstance(data, dict) and "runs" in data and "cells" in data:
-        from s3prl_adapters.tools.report import results_markdown
+        from s3prl_adapters.tools.report import report_markdown
 
-        return results_markdown(data["runs"], data.get("wall_seconds"), missing=data.get("missing") or ())
+        return report_markdown(data["runs"], data.get("wall_seconds"), missing=data.get("missing") or (),
+                               qbe=data.get("qbe"))
     if isinstance(data, dict) and "meta" in data and "results" in data:
         from s3prl_adapters.tools.bench import markdown_table, serving_table
 

@@ -219,11 +219,32 @@ def plot_loss_curves(results: List[dict], path: str) -> None:
     plt.close(fig)
 
 
-def write_submissions(out: str, results: List[dict]) -> List[str]:
-    """One predict.zip per method, from the first seed's runs of every task."""
+def report_markdown(results: List[dict], wall_seconds: float = None, cells: Dict[tuple, dict] = None,
+                    missing: List[str] = (), qbe: dict = None) -> str:
+    """results.md: the trained tasks' table and notes, then QbE's sweep."""
+    return ((results_markdown(results, wall_seconds, cells, missing) if results else "")
+            + ("\n".join(qbe_lines(qbe)) + "\n" if qbe else ""))
+
+
+def qbe_lines(qbe: dict) -> List[str]:
+    """QbE's section of results.md: the backbone's layer sweep (no training, the same for every method)."""
+    task = TASKS[qbe["task"]]
+    dev = ", ".join(f"{layer}: {v:.3f}" for layer, v in qbe["dev_mtwv"].items())
+    return ["", f"{task.title.split(' ')[0]} ({task.corpus}; no training, so one figure for every method: the "
+                f"{'backbone' if qbe['hidden_states'] == 'backbone' else 'upstream'}'s hidden states, `s3prl-adapters "
+                f"qbe`): best layer on dev **{qbe['best_layer']}**, test MTWV **{qbe['test_mtwv']:.4f}** (ATWV "
+                f"{qbe['test_atwv']:.4f}). Dev MTWV per layer: {dev}. MTWV is one threshold over all queries (ours, "
+                "tasks/query_by_example.py), so no bootstrap interval."]
+
+
+def write_submissions(out: str, results: List[dict], qbe: dict = None) -> List[str]:
+    """One predict.zip per method, from the first seed's runs of every task (and QbE's sweep, the same for
+    every method); says which SUPERB members each lacks."""
+    from s3prl_adapters.tools.submission import missing_members
+
     written = []
     for method in sorted({r["method"] for r in results}):
-        experiments = {}
+        experiments = {TASKS[qbe["task"]].key: os.path.dirname(qbe["test_expdir"])} if qbe else {}
         for r in results:
             if r["method"] == method and r["seed"] == min(x["seed"] for x in results):
                 task = TASKS[r["task"]]
@@ -233,15 +254,19 @@ def write_submissions(out: str, results: List[dict]) -> List[str]:
                     experiments.setdefault(task.key, r["expdir"])
         path = os.path.join(out, "submission", method, "predict.zip")
         try:
-            build_submission(path, **experiments)
+            members = build_submission(path, **experiments)
             written.append(path)
+            lacking = missing_members(members)
+            if lacking:
+                print(f"[benchmark] {path}: {len(members)} SUPERB members; not in it: {', '.join(lacking)}",
+                      file=sys.stderr)
         except UserError as e:
             print(f"[benchmark] no predict.zip for {method}: {e}", file=sys.stderr)
     return written
 
 
 def write_reports(out: str, results: List[dict], wall_seconds: float = None, args: dict = None,
-                  missing: List[str] = ()) -> None:
+                  missing: List[str] = (), qbe: dict = None) -> None:
     results = sorted(with_items(results), key=lambda r: (r["task"], r["method"], r["seed"], r["fold"] or 0))
     for r in results:
         r["ci_low"], r["ci_high"] = run_interval(r)
@@ -250,16 +275,17 @@ def write_reports(out: str, results: List[dict], wall_seconds: float = None, arg
                for (t, m), c in sorted(cells.items())]
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"cells": summary, "runs": results, "args": args, "wall_seconds": wall_seconds,
-                   "missing": list(missing)}, f, indent=1,
+                   "missing": list(missing), "qbe": qbe}, f, indent=1,
                   default=str)
     with open(os.path.join(out, "results.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows(results)
-    table = results_markdown(results, wall_seconds, cells, missing)
+    table = report_markdown(results, wall_seconds, cells, missing, qbe)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(table)
-    plot_layer_weights(results, os.path.join(out, "layer_weights.png"))
-    plot_loss_curves(results, os.path.join(out, "loss_curves.png"))
-    write_submissions(out, results)
+    if results:
+        plot_layer_weights(results, os.path.join(out, "layer_weights.png"))
+        plot_loss_curves(results, os.path.join(out, "loss_curves.png"))
+    write_submissions(out, results, qbe)
     print(table)
