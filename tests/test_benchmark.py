@@ -19,8 +19,8 @@ from s3prl_adapters.tools.submission import build_submission
 @pytest.fixture(scope="module")
 def smoke(tiny_ckpt, mini_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    cmd = ["bash", os.path.join(REPO, "run_benchmarks.sh"), "--tasks", "emotion", "--methods", "frozen", "ladapter",
-           "--steps", "6", "--mini-root", mini_corpus, "--backbone", tiny_ckpt, "-o", str(out), "--no-reproduce"]
+    cmd = ["bash", os.path.join(REPO, "run_benchmarks.sh"), "--tasks", "emotion", "quesst14_dtw", "--methods", "frozen",
+           "ladapter", "--steps", "6", "--mini-root", mini_corpus, "--backbone", tiny_ckpt, "-o", str(out), "--no-reproduce"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc
@@ -50,6 +50,10 @@ def test_outputs_and_columns(smoke):
     assert len(list((out / "feature_cache").rglob("*.pt"))) == misses[-1] + test_items
     assert "L+E adapters (proposed): the frozen prefix (CNN, LayerNorm, projection) read from one cache" in md
     assert os.listdir(next((out / "prefix_cache").iterdir()))  # the shared folder holds the entries
+    # QbE trains nothing: one layer sweep of the backbone (3 layers + 1 states), reported under the table
+    qbe = json.load(open(out / "results.json"))["qbe"]
+    assert sorted(qbe["dev_mtwv"]) == ["0", "1", "2", "3"] and qbe["test_expdir"].startswith(str(out / "runs" / "quesst14_dtw"))
+    assert f"best layer on dev **{qbe['best_layer']}**, test MTWV **{qbe['test_mtwv']:.4f}**" in md
 
 
 def test_table_numbers_are_the_metrics_s3prl_printed(smoke):
@@ -64,7 +68,7 @@ def test_predict_zip_per_method_is_valid(smoke):
     out, _ = smoke
     for method in ("frozen", "ladapter"):
         with zipfile.ZipFile(out / "submission" / method / "predict.zip") as z:
-            assert z.namelist() == ["predict/er_fold1_public/predict.txt"]
+            assert z.namelist() == ["predict/er_fold1_public/predict.txt", "predict/qbe_public/benchmark.stdlist.xml"]
             lines = z.read("predict/er_fold1_public/predict.txt").decode().splitlines()
         run = next(r for r in json.load(open(out / "results.json"))["runs"] if r["method"] == method)
         assert lines == open(os.path.join(run["expdir"], "test_fold1_predict.txt")).read().splitlines()
@@ -72,12 +76,30 @@ def test_predict_zip_per_method_is_valid(smoke):
 
 def test_rerun_skips_finished_runs(smoke, tiny_ckpt, mini_corpus):
     out, _ = smoke
-    proc = subprocess.run(["bash", os.path.join(REPO, "run_benchmarks.sh"), "--tasks", "emotion", "--methods", "frozen",
-                           "ladapter", "--steps", "6", "--mini-root", mini_corpus, "--backbone", tiny_ckpt, "-o", str(out),
-                           "--no-reproduce"],
+    passes = {p: p.stat().st_mtime_ns for p in (out / "runs" / "quesst14_dtw").rglob("log.txt")}
+    proc = subprocess.run(["bash", os.path.join(REPO, "run_benchmarks.sh"), "--tasks", "emotion", "quesst14_dtw",
+                           "--methods", "frozen", "ladapter", "--steps", "6", "--mini-root", mini_corpus, "--backbone",
+                           tiny_ckpt, "-o", str(out), "--no-reproduce"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stderr.count("cached") == 2 and " start " not in proc.stderr
     assert "(2 of 2 runs kept from an earlier invocation, not rerun)" in (out / "results.md").read_text()
+    # QbE's passes read back from their scores, none run again
+    assert passes and {p: p.stat().st_mtime_ns for p in (out / "runs" / "quesst14_dtw").rglob("log.txt")} == passes
+
+
+def test_superb_preset_is_one_method_over_every_task(tmp_path):
+    from s3prl_adapters.tasks import TASKS
+    from s3prl_adapters.tools.benchmark import Benchmark, build_parser
+
+    bench = Benchmark(build_parser().parse_args(["--superb", "-o", str(tmp_path)]))
+    assert bench.args.tasks == list(TASKS) and bench.args.methods == ["ladapter"] and bench.args.er_folds == [1, 2, 3, 4, 5]
+    planned = {(r.task, r.fold) for r in bench.plan()}
+    assert {t for t, _ in planned} == set(TASKS) - {"quesst14_dtw"}  # QbE: a layer sweep, not a training run
+    assert {f for t, f in planned if t == "emotion"} == {1, 2, 3, 4, 5} and len(planned) == len(TASKS) - 1 + 4
+    with pytest.raises(UserError, match="--superb: one method"):
+        Benchmark(build_parser().parse_args(["--superb", "--methods", "ladapter", "lora", "-o", str(tmp_path)]))
+    assert Benchmark(build_parser().parse_args(["-o", str(tmp_path)])).args.tasks == [
+        "asr", "fluent_commands", "emotion", "sv_voxceleb1"]  # without it: the paper's four, every method
 
 
 def _er_expdir(smoke, tmp_path):

@@ -22,6 +22,9 @@ def _run(*argv):
         (["-m", "train", "-u", "wavlm_ladapter", "-d", "fluent_commands", "-c", "/nope.yaml", "-n", "x"],
          "-c /nope.yaml: no such config file"),
         (["-m", "evaluate", "-e", "/nope/states-1.ckpt"], "-e /nope/states-1.ckpt: no such checkpoint"),
+        (["-m", "train", "-u", "wavlm_ladapter", "-d", "quesst14_dtw", "-n", "x"],
+         "-d quesst14_dtw: QBE trains nothing; score one layer with -m evaluate -t dev|test -l LAYER, or every layer "
+         "with s3prl-adapters qbe"),
     ],
 )
 def test_bad_arguments_get_one_line(argv, message, tmp_path):
@@ -61,9 +64,12 @@ def test_not_a_wavlm_checkpoint(tmp_path, tiny_fsc):
      "fold meta data (s3prl-adapters prepare-iemocap writes it) /nope/meta/Session1/train_meta_data.json does not exist"),
     ("asr", "config.downstream_expert.datarc.libri_root='/nope/LibriSpeech'", "LibriSpeech root /nope/LibriSpeech does not exist"),
     ("sv_voxceleb1", "config.downstream_expert.datarc.file_path='/tmp'", "VoxCeleb1 dev audio folder /tmp/dev/wav does not exist"),
+    ("quesst14_dtw", "config.downstream_expert.datarc.dataset_root='/nope/q'",
+     "-d quesst14_dtw: QUESST 2014 folder (quesst14Database) /nope/q does not exist"),
 ])
 def test_missing_corpus_parts_are_named(task, override, message, tiny_ckpt, tmp_path):
-    proc = _run("-m", "train", "-u", "wavlm_ladapter", "-k", tiny_ckpt, "-d", task, "-p", str(tmp_path / "e"), "-o", override)
+    mode = ["-m", "train"] if task != "quesst14_dtw" else ["-m", "evaluate", "-t", "dev"]  # QbE trains nothing
+    proc = _run(*mode, "-u", "wavlm_ladapter", "-k", tiny_ckpt, "-d", task, "-p", str(tmp_path / "e"), "-o", override)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert message in proc.stderr
 

@@ -22,14 +22,18 @@ STEPS = "config.runner.total_steps=4,,config.runner.log_step=2,,config.runner.ev
 def test_descriptor_is_complete(name):
     task = TASKS[name]
     assert task.name == name and os.path.isfile(task.config_path()) and os.path.isfile(task.config_path(mini=True))
-    assert re.compile(task.metric_pattern).groups == 1
-    assert 0 < task.chance_percent <= 100 and task.percent in (1.0, 100.0)
+    if task.trains:
+        assert re.compile(task.metric_pattern).groups == 1
+        assert 0 < task.chance_percent <= 100 and task.percent in (1.0, 100.0)
+    else:  # QbE: scored from its files (table_value), TWV 0 for detecting nothing
+        assert type(task).table_value is not type(task).__mro__[-2].table_value and task.chance_percent == 0
     for workaround in task.workarounds:  # each names a function of the one workaround module
         assert callable(getattr(compat, workaround, None)), workaround
     assert task.submission_member.startswith(f"predict/{task.key}") and task.submission_member.count("{fold}") == (
         1 if task.folds else 0)
     assert set(task.standin_overrides("/x")) <= set(_mini_data_keys(task))  # keys the recipe's config has
-    for method in ("required_paths", "evaluation_audio", "training_audio", "validate_prediction", "build_standin"):
+    for method in ("required_paths", "evaluation_audio", "validate_prediction", "build_standin") + (
+            ("training_audio",) if task.trains else ()):
         assert getattr(type(task), method) is not getattr(type(task).__mro__[-2], method), f"{name}.{method}"
 
 

@@ -114,9 +114,14 @@ def prepare_argv(argv: List[str]) -> List[str]:
         tasks = available_tasks()
         if args.downstream not in tasks:
             raise UserError(f"-d {args.downstream}: unknown task; valid: {tasks}")
+        from s3prl_adapters.tasks import tasks_of_recipe
+
+        untrained = [t for t in tasks_of_recipe(args.downstream) if not t.trains]
+        if untrained and args.mode == "train":
+            raise UserError(f"-d {args.downstream}: {untrained[0].key.upper()} trains nothing; score one layer with -m "
+                            f"evaluate -t dev|test -l LAYER, or every layer with s3prl-adapters {untrained[0].key}")
         if args.config is None:
             config = shipped_config(args.downstream)
-            from s3prl_adapters.tasks import tasks_of_recipe
 
             several = tasks_of_recipe(args.downstream)
             if config is None and len(several) > 1:

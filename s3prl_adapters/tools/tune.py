@@ -485,6 +485,9 @@ def setup_from_args(args) -> (TrialSetup, SearchSpace):
 
     config = load_config_file(str(config_path), args.downstream)
     task = find_task(args.downstream, config)  # -d ctc: PR or SF, by the config's corpus
+    if task is not None and not task.trains:
+        raise UserError(f"-d {args.downstream}: {task.key.upper()} trains nothing, so it has no rates to tune; "
+                        f"s3prl-adapters {task.key} chooses its layer on dev")
     if task is None or not task.dev_split:
         raise UserError(f"-d {args.downstream}: tune needs the task's dev split and metric, which only the tasks of "
                         f"s3prl_adapters/tasks/ with a dev split describe")
