@@ -252,3 +252,24 @@ def test_a_truncated_evaluation_is_refused_against_the_corpus_list(name, fold, m
     with pytest.raises(UserError):
         build_submission(str(zipped), **{task.key: {fold: str(exp)} if fold else str(exp)})
     assert not zipped.exists()
+
+
+def test_asr_with_a_language_model_is_its_own_member_and_missing_ones_are_named(mini_corpus, tmp_path):
+    """`--asr-lm` takes the recipe's KenLM hypotheses (`test-clean-LM-hyp.ark`), checked as ASR's; the archive's
+    absent SUPERB members are listed by their flags."""
+    from s3prl_adapters.errors import UserError
+    from s3prl_adapters.tools.submission import missing_members, superb_members
+
+    task = TASKS["asr"]
+    exp, config = _run_folder(task, mini_corpus, tmp_path, None)
+    lines = _complete_prediction(task, config, None)
+    with pytest.raises(UserError, match="missing prediction file .*test-clean-LM-hyp.ark"):
+        build_submission(str(tmp_path / "p.zip"), asr_lm=str(exp))
+    (exp / "test-clean-LM-hyp.ark").write_text("\n".join(lines) + "\n")
+    members = build_submission(str(tmp_path / "p.zip"), asr_lm=str(exp))
+    assert members == ["predict/asr_lm_public/predict.ark"]
+    assert len(superb_members()) == 15  # pr sid ks ic er1-5 asr asr_lm qbe sf sv sd
+    assert "--asr-lm" not in missing_members(members) and "--asr" in missing_members(members)
+    (exp / "test-clean-LM-hyp.ark").write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(UserError, match="1 of 60 missing"):
+        build_submission(str(tmp_path / "q.zip"), asr_lm=str(exp))

@@ -62,6 +62,20 @@ class RunJob(Requeued):
         return self.run.label
 
 
+class QbeJob(Requeued):
+    """QbE's layer sweep (tools/qbe.py) as a job: here in the pool, or a Slurm job. Requeued, it starts again
+    and skips the passes already scored."""
+
+    def __init__(self, settings: argparse.Namespace):
+        self.settings = settings
+
+    def __call__(self, env: Optional[Dict[str, str]] = None) -> dict:
+        from s3prl_adapters.tools.qbe import sweep
+
+        os.environ.update(env or {})
+        return sweep(self.settings)
+
+
 class StudyJob(Requeued):
     """One --tune study as a job that runs elsewhere (a Slurm job): its trials one after another. Preempted,
     it is requeued; the trial it was running is run again (tune's recovery of dead trials)."""
@@ -531,17 +545,28 @@ class Benchmark:
         return sections
 
     # ---- everything -------------------------------------------------------------------------
-    def run_qbe(self) -> Optional[dict]:
+    def qbe_expdir(self, task: str) -> str:
+        return os.path.join(self.out, "runs", task, "backbone")
+
+    def read_qbe(self, task: str):
+        """The Outcome of QbE's sweep from its summary (how a sweep that ran elsewhere ended)."""
+        from s3prl_adapters.tools.executors import Outcome
+
+        summary = os.path.join(self.qbe_expdir(task), "qbe.json")
+        if not os.path.exists(summary):
+            return Outcome(f"{task}/backbone", False, f"no {summary}; logs in {self.qbe_expdir(task)}/layer_*/log.txt")
+        with open(summary) as f:
+            return Outcome(f"{task}/backbone", True, value=json.load(f))
+
+    def run_qbe(self):
         """QbE (trains nothing): SUPERB's layer sweep once per backbone, whatever the methods (their frozen
-        backbone is the same; tools/qbe.py), in OUTPUT/runs/quesst14_dtw/backbone/. A sweep that ended is read
-        back (--force redoes it)."""
+        backbone is the same; tools/qbe.py), as one job of the executor, in OUTPUT/runs/quesst14_dtw/backbone/.
+        Passes already scored are read back (--force redoes them). Returns (summary or None, failed Outcomes)."""
         qbe = [t for t in self.args.tasks if not TASKS[t].trains]
         if not qbe:
-            return None
-        from s3prl_adapters.tools.qbe import sweep
-
+            return None, []
         a, task = self.args, TASKS[qbe[0]]
-        expdir = os.path.join(self.out, "runs", task.name, "backbone")
+        expdir = self.qbe_expdir(task.name)
         if a.force and os.path.isdir(expdir):
             import shutil
 
@@ -549,10 +574,16 @@ class Benchmark:
         corpus = task.real_corpus(a) or task.standin_overrides(self.mini_root)
         print(f"[benchmark] {task.key.upper()}: every layer of the backbone on dev, the best on test ({expdir})",
               file=sys.stderr)
-        return dict(sweep(argparse.Namespace(
+        job = QbeJob(argparse.Namespace(
             backbone=self.backbone_path, expdir=expdir, quesst=corpus["dataset_root"], adapters=None, layers=None,
-            config=self.config_path(task.name), override="", device=a.device, threads=a.threads)),
-            task=task.name, git_commit=self.commit)
+            config=self.config_path(task.name), override="", device=a.device, threads=a.threads))
+        if a.executor == "local":
+            outcome = self.executor.run([job], [f"{task.name}/backbone"])[0]
+        else:
+            outcome = self.executor.run([job], [f"{task.name}/backbone"], ended=lambda k: self.read_qbe(task.name))[0]
+        if not outcome.ok:
+            return None, [outcome]
+        return dict(outcome.value, task=task.name, git_commit=self.commit), []
 
     def plan(self) -> List[Run]:
         runs = []
@@ -595,15 +626,18 @@ class Benchmark:
         print(f"[benchmark] {len(runs)} runs, backbone {self.backbone_path}, {where}; "
               f"logs in {self.out}/runs/<task>/<method>/", file=sys.stderr)
         started = time.time()
-        qbe = self.run_qbe()
+        qbe, qbe_failed = self.run_qbe()
         results = self.execute_all(runs)
+        self.failed += qbe_failed
         missing = [r.label for r in runs if not any(x["expdir"] == r.expdir for x in results)]
+        missing += [o.label for o in qbe_failed]
         if results or qbe:
             write_reports(self.out, results, wall_seconds=time.time() - started, args=vars(self.args), missing=missing,
                           qbe=qbe)
         if self.failed:
             details = "; ".join(f"{o.label}: {o.detail}" for o in self.failed[:3])
-            raise UserError(f"{len(self.failed)} of {len(runs)} runs did not end with a record ({details}"
+            planned = len(runs) + sum(1 for t in a.tasks if not TASKS[t].trains)  # and QbE's sweep
+            raise UserError(f"{len(self.failed)} of {planned} runs did not end with a record ({details}"
                             f"{'; ...' if len(self.failed) > 3 else ''}); the table holds the others. Run the same "
                             f"command again: it redoes only those (each resumes from its last checkpoint)")
         return results
@@ -614,12 +648,11 @@ class Benchmark:
         missing = [r.label for r in runs if r not in done]
         qbe = None
         for t in [t for t in self.args.tasks if not TASKS[t].trains]:
-            summary = os.path.join(self.out, "runs", t, "backbone", "qbe.json")
-            if os.path.exists(summary):
-                with open(summary) as f:
-                    qbe = dict(json.load(f), task=t)
+            outcome = self.read_qbe(t)
+            if outcome.ok:
+                qbe = dict(outcome.value, task=t)
             else:
-                missing.append(f"{t}/backbone")
+                missing.append(outcome.label)
         if not done and not qbe:
             raise UserError(f"--report-only: no run of this command has a record under {self.out}/runs yet")
         results = [self.record(r) for r in done]

@@ -18,7 +18,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Dict, List, Optional
+from typing import List, Optional, Tuple
 
 import yaml
 
@@ -29,7 +29,7 @@ BACKBONE_UPSTREAM = "wavlm_ladapter_only"
 exactly stock WavLM's states."""
 
 
-def upstream_for(adapters: Optional[str]) -> (str, dict):
+def upstream_for(adapters: Optional[str]) -> Tuple[str, dict]:
     """(upstream name, its -g settings) for the sweep: the backbone's states, or a trained set's."""
     if not adapters:
         return BACKBONE_UPSTREAM, {"hidden_states": "backbone"}
@@ -47,7 +47,9 @@ def upstream_for(adapters: Optional[str]) -> (str, dict):
 def layer_count(backbone: str, settings: dict) -> int:
     """How many hidden states the upstream hands the Featurizer (-l takes 0 .. count-1)."""
     from s3prl_adapters.method.backbone import load_wavlm
+    from s3prl_adapters.tools.predict import quiet_library_warnings
 
+    quiet_library_warnings()
     if settings.get("hidden_states") != "backbone" and settings.get("l_adapter_layers"):
         return len(settings["l_adapter_layers"])
     return load_wavlm(backbone).cfg.encoder_layers + 1
@@ -149,10 +151,3 @@ def command(args) -> None:
             raise UserError(f"{what} {path}: no such file or folder")
     sweep(args)
 
-
-def read_summary(expdir: str) -> Dict:
-    path = os.path.join(expdir, "qbe.json")
-    if not os.path.isfile(path):
-        raise UserError(f"{expdir}: no qbe.json (run s3prl-adapters qbe --expdir {expdir} first)")
-    with open(path) as f:
-        return json.load(f)
