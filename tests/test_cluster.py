@@ -126,6 +126,24 @@ def test_two_slurm_workers_share_one_study(slurm, mini_corpus, tiny_ckpt, tmp_pa
     assert (out / "best.yaml").exists()
 
 
+def test_the_qbe_sweep_is_a_slurm_job(slurm, mini_corpus, tiny_ckpt, tmp_path):
+    """QbE trains nothing: its layer sweep is one job of the executor, here a Slurm job, read back from its summary."""
+    from s3prl_adapters.tasks.query_by_example import score_run
+
+    out = tmp_path / "qbe"
+    proc = subprocess.run(["bash", os.path.join(REPO, "run_benchmarks.sh"), "--tasks", "quesst14_dtw", "--mini-root",
+                           mini_corpus, "--backbone", tiny_ckpt, "-o", str(out), *SLURM],
+                          capture_output=True, text=True, timeout=900, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    submitted = re.search(r"\[slurm\] submitted 1 job\(s\): (\d+)", proc.stderr)
+    assert submitted, proc.stderr[-2000:]
+    qbe = json.load(open(out / "results.json"))["qbe"]
+    assert sorted(qbe["dev_mtwv"]) == ["0", "1", "2", "3"]  # the 3-layer backbone's 4 states
+    assert score_run(qbe["test_expdir"])["mtwv"] == qbe["test_mtwv"]
+    shown = subprocess.run(["scontrol", "show", "job", submitted.group(1)], capture_output=True, text=True).stdout
+    assert "JobState=COMPLETED" in shown, shown
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--slurm", "colour=red"], "--slurm colour=red: not a Slurm parameter submitit knows; valid: "),
     (["--slurm", "partition=nowhere"], "--slurm partition=nowhere: no such partition; this cluster has debug"),
