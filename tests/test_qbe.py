@@ -81,10 +81,12 @@ def _upstream(name, ckpt, tmp_path, settings):
 
 
 def test_backbone_states_and_a_trained_sets_weights(tiny_ckpt, tmp_path):
-    """`hidden_states: backbone` hands the Featurizer stock WavLM's L+1 states, not the L-adapters'; an
-    `adapter_weights` set starts the upstream from its tensors, checked against upstream and backbone."""
+    """`hidden_states: backbone` hands the Featurizer stock WavLM's L+1 states, not the L-adapters'; with a trained
+    set the sweep runs its upstream from an `-i` checkpoint that S3PRL's runner loads into it (Runner._load_weight),
+    checked against the backbone first."""
     from s3prl_adapters.inference.adapter_set import untrained
     from s3prl_adapters.method.backbone import make_tiny_wavlm
+    from s3prl_adapters.tools.qbe import Upstream
 
     wavs = [torch.randn(16000), torch.randn(12000)]
     plain = _upstream("wavlm_ladapter_only", tiny_ckpt, tmp_path, {})
@@ -97,20 +99,25 @@ def test_backbone_states_and_a_trained_sets_weights(tiny_ckpt, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(states, expected))
     with pytest.raises(UserError, match="'hidden_states' must be one of"):
         _upstream("wavlm_ladapter_only", tiny_ckpt, tmp_path, {"hidden_states": "adapters"})
+    untouched = Upstream(tiny_ckpt, None, str(tmp_path))
+    assert (untouched.name, untouched.settings, untouched.states, untouched.init_ckpt) == (
+        "wavlm_ladapter_only", {"hidden_states": "backbone"}, 4, None)
 
     trained = untrained("fluent_commands", "wavlm_ladapter", tiny_ckpt, seed=3)
     trained.upstream_state = {k: v + 0.5 for k, v in trained.upstream_state.items()}  # not what an init gives
     trained.save(str(tmp_path / "ic.adapter"))
-    settings = {k: v for k, v in trained.adapter_config.items() if k not in ("method", "hidden_states", "adapter_weights")}
-    loaded = _upstream("wavlm_ladapter", tiny_ckpt, tmp_path, dict(settings, adapter_weights=str(tmp_path / "ic.adapter")))
-    state = loaded.state_dict()
+    upstream = Upstream(tiny_ckpt, str(tmp_path / "ic.adapter"), str(tmp_path))
+    assert upstream.name == "wavlm_ladapter" and upstream.states == 3  # the L-adapters' outputs
+    model = _upstream(upstream.name, tiny_ckpt, tmp_path, upstream.settings)
+    model.load_state_dict(torch.load(upstream.init_ckpt)["Upstream"])  # what the runner does with -i
+    state = model.state_dict()
     assert state.keys() == trained.upstream_state.keys()
     assert all(torch.equal(state[k], v) for k, v in trained.upstream_state.items())
-    with pytest.raises(UserError, match="a wavlm_ladapter set, but the upstream is wavlm_eadapter"):
-        _upstream("wavlm_eadapter", tiny_ckpt, tmp_path, {"adapter_weights": str(tmp_path / "ic.adapter")})
     other = make_tiny_wavlm(str(tmp_path / "other.pt"), layers=3, dim=48, seed=1)
-    with pytest.raises(UserError, match="trained on backbone .* -k is"):
-        _upstream("wavlm_ladapter", other, tmp_path, dict(settings, adapter_weights=str(tmp_path / "ic.adapter")))
+    with pytest.raises(UserError, match="ic.adapter: trained on backbone .* -k is"):
+        Upstream(other, str(tmp_path / "ic.adapter"), str(tmp_path))
+    with pytest.raises(UserError, match="trains nothing, so it has no head"):
+        untrained("quesst14_dtw", "wavlm_ladapter", tiny_ckpt)
 
 
 @pytest.mark.slow
@@ -163,3 +170,23 @@ def test_the_layer_sweep_on_the_standin(tmp_path, capsys):
     with pytest.raises(UserError, match="1 of .* missing"):
         build_submission(str(tmp_path / "bad.zip"), qbe=summary["test_expdir"])
     assert not (tmp_path / "bad.zip").exists()
+
+
+@pytest.mark.slow
+def test_a_trained_sets_layers_reach_the_recipe(tmp_path):
+    """--adapters: each pass runs the set's upstream, whose tensors S3PRL's runner loads from the `-i` checkpoint."""
+    from s3prl_adapters.inference.adapter_set import untrained
+    from s3prl_adapters.tools.cli import main
+
+    root = tmp_path / "mini"
+    make_mini_superb(str(root), tasks=["quesst14_dtw"])
+    untrained("fluent_commands", "wavlm_ladapter", DEFAULT_BACKBONE, seed=1).save(str(tmp_path / "ic.adapter"))
+    main(["qbe", "-k", DEFAULT_BACKBONE, "--adapters", str(tmp_path / "ic.adapter"), "--layers", "1", "--expdir",
+          str(tmp_path / "sweep"), "--quesst", str(root / "quesst14Database"), "-c", TASK.config_path(mini=True),
+          "--device", "cpu"])
+    summary = json.loads((tmp_path / "sweep" / "qbe.json").read_text())
+    assert (summary["upstream"], summary["hidden_states"], summary["best_layer"]) == ("wavlm_ladapter", "method", 1)
+    for split in ("dev", "test"):
+        log = (tmp_path / "sweep" / f"layer_1_{split}" / "log.txt").read_text()
+        args = yaml.safe_load(open(next((tmp_path / "sweep" / f"layer_1_{split}").glob("args_*.yaml"))))
+        assert "Loading Upstream weights" in log and args["init_ckpt"] == str(tmp_path / "sweep" / "upstream_init.ckpt")

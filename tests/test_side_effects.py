@@ -103,7 +103,7 @@ def adapter_files(tiny_ckpt, tiny_fsc, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("sets")
     paths = []
-    for i, task in enumerate(TASKS):
+    for i, task in enumerate(t for t in TASKS if TASKS[t].trains):  # QbE has no head: nothing to export
         upstream = ("wavlm_ladapter", "wavlm_lora", "wavlm_eadapter")[i % 3]
         path = str(out / f"{task}.adapter")
         untrained(task, upstream, tiny_ckpt, name=task).save(path)
@@ -128,7 +128,7 @@ def test_library_use_leaves_torch_and_s3prl_as_they_were(adapter_files, tmp_path
     assert proc.returncode == 0, proc.stderr[-3000:]
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert seen["answered"] == sorted({os.path.basename(p).rsplit(".", 1)[0] for p in adapter_files["sets"]}
-                                      | {"exported_ic"}) and len(TASKS) == 9
+                                      | {"exported_ic"}) and sum(t.trains for t in TASKS.values()) == 9
     assert seen["changed"] == [], seen["changed"]
     assert seen["added"] == [], seen["added"]  # a new attribute of a module we did not import is a patch too
     assert seen["replaced_modules"] == [], seen["replaced_modules"]

@@ -29,29 +29,7 @@ def resolve_checkpoint(ckpt: Optional[str], refresh: bool = False) -> str:
 
 def _build(upstream: str, ckpt, model_config, refresh) -> AdapterWavLMExpert:
     wavlm = load_wavlm(resolve_checkpoint(ckpt, refresh))
-    config = load_adapter_config(METHODS[upstream], model_config)
-    trained = config.adapter_weights and _trained_set(upstream, config.adapter_weights, wavlm)
-    expert = AdapterWavLMExpert(wavlm, config)
-    if trained:
-        expert.load_state_dict(trained.upstream_state)
-    return expert
-
-
-def _trained_set(upstream: str, path: str, wavlm):
-    """The exported set named by `adapter_weights`, checked against this upstream and backbone."""
-    from s3prl_adapters.inference.adapter_set import AdapterSet
-    from s3prl_adapters.method.backbone import backbone_fingerprint, describe_fingerprint
-
-    if not os.path.isfile(path):
-        raise UserError(f"adapter_weights {path}: no such adapter set")
-    trained = AdapterSet.load(path)
-    if trained.upstream != upstream:
-        raise UserError(f"adapter_weights {path}: a {trained.upstream} set, but the upstream is {upstream} (-u {trained.upstream})")
-    here = backbone_fingerprint(wavlm)
-    if here != trained.backbone:
-        raise UserError(f"adapter_weights {path}: trained on backbone {describe_fingerprint(trained.backbone)}, -k is "
-                        f"{describe_fingerprint(here)}")
-    return trained
+    return AdapterWavLMExpert(wavlm, load_adapter_config(METHODS[upstream], model_config))
 
 
 def wavlm_ladapter(ckpt: Optional[str] = None, model_config: Optional[str] = None, refresh: bool = False, **kwargs):

@@ -105,6 +105,8 @@ def untrained(task: str, upstream: str, backbone: str, settings: Optional[dict] 
     from s3prl_adapters.tasks import get_task
 
     spec = get_task(task)
+    if not spec.trains:
+        raise UserError(f"task {task}: trains nothing, so it has no head and no adapter set")
     wavlm = load_wavlm(backbone)  # its own copy: the expert attaches adapters into it
     fingerprint = backbone_fingerprint(wavlm)
     dim, rate = wavlm.cfg.encoder_embed_dim, 1

@@ -104,10 +104,6 @@ class AdapterConfig:
     LoRA inside, as stock wavlm_local returns them): for tasks without training (QbE), whose layers
     must mean something before any adapter has trained."""
 
-    adapter_weights: Optional[str] = None
-    """An exported adapter set (`s3prl-adapters export`) whose upstream tensors this upstream starts from
-    (its method and sizes must be this config's): QbE over a trained set's layers. Weights only."""
-
     @property
     def has_l_adapters(self) -> bool:
         return self.method in ("proposed", "l_only")
@@ -166,10 +162,10 @@ def _check_type(key, value):
         "e_adapter_layers": list, "l_adapter_layers": list, "attention_adapters": bool,
         "train_layer_norms": bool, "init_std": float, "layer_norm_eps": float,
         "backbone_dropout": bool, "checkpoint_activations": (bool, str), "autocast": str, "adapters_in_float32": bool,
-        "lora_rank": int, "lora_alpha": float, "lora_ffn": bool, "hidden_states": str, "adapter_weights": str,
+        "lora_rank": int, "lora_alpha": float, "lora_ffn": bool, "hidden_states": str,
     }[key]
     if value is None and key in ("e_adapter_layers", "l_adapter_layers", "attention_adapters", "train_layer_norms",
-                                     "backbone_dropout", "lora_rank", "lora_alpha", "adapter_weights"):
+                                     "backbone_dropout", "lora_rank", "lora_alpha"):
         return value
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)

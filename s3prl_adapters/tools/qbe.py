@@ -11,7 +11,7 @@ Which states: QbE trains nothing, so without a trained set every method's upstre
 backbone, whose untrained L-adapters would hand the Featurizer random projections. The command then
 runs the backbone's own L+1 states (`-u wavlm_ladapter_only` with `hidden_states: backbone`: no
 adapter inside, stock WavLM's states). With `--adapters SET.adapter` (a trained set from `export`) it
-runs that set's upstream with its weights and its own states: the L-adapters' outputs for the L
+runs that set's upstream with its tensors (S3PRL's `-i` init checkpoint) and its own states: the L-adapters' outputs for the L
 methods, the backbone's states with the trained E-adapters or LoRA inside for the others."""
 
 import argparse
@@ -29,33 +29,53 @@ BACKBONE_UPSTREAM = "wavlm_ladapter_only"
 exactly stock WavLM's states."""
 
 
-def upstream_for(adapters: Optional[str]) -> Tuple[str, dict]:
-    """(upstream name, its -g settings) for the sweep: the backbone's states, or a trained set's."""
-    if not adapters:
-        return BACKBONE_UPSTREAM, {"hidden_states": "backbone"}
-    from s3prl_adapters.bridge.hubconf import UPSTREAMS
-    from s3prl_adapters.inference.adapter_set import AdapterSet
+class Upstream:
+    """What every pass of the sweep runs: the upstream, its -g settings, and (a trained set) the `-i` checkpoint
+    S3PRL's runner loads the upstream's tensors from."""
 
-    trained = AdapterSet.load(adapters)
-    if trained.upstream not in UPSTREAMS or not trained.adapter_config:
-        raise UserError(f"--adapters {adapters}: a {trained.upstream} set; QbE over a trained set needs an adapter "
-                        f"upstream's ({sorted(UPSTREAMS)})")
-    settings = {k: v for k, v in trained.adapter_config.items() if k not in ("method", "hidden_states", "adapter_weights")}
-    return trained.upstream, dict(settings, adapter_weights=os.path.abspath(adapters))
+    def __init__(self, backbone: str, adapters: Optional[str], expdir: str):
+        from s3prl_adapters.method.backbone import backbone_fingerprint, describe_fingerprint, load_wavlm
+        from s3prl_adapters.tools.predict import quiet_library_warnings
+
+        quiet_library_warnings()
+        wavlm = load_wavlm(backbone)
+        self.init_ckpt = None
+        if not adapters:
+            self.name, self.settings = BACKBONE_UPSTREAM, {"hidden_states": "backbone"}
+            self.states = wavlm.cfg.encoder_layers + 1
+            return
+        from s3prl_adapters.bridge.hubconf import UPSTREAMS
+        from s3prl_adapters.inference.adapter_set import AdapterSet
+
+        trained = AdapterSet.load(adapters)
+        if trained.upstream not in UPSTREAMS or not trained.adapter_config:
+            raise UserError(f"--adapters {adapters}: a {trained.upstream} set; QbE over a trained set needs an adapter "
+                            f"upstream's ({sorted(UPSTREAMS)})")
+        if backbone_fingerprint(wavlm) != trained.backbone:
+            raise UserError(f"--adapters {adapters}: trained on backbone {describe_fingerprint(trained.backbone)}, -k is "
+                            f"{describe_fingerprint(backbone_fingerprint(wavlm))}")
+        self.name = trained.upstream
+        self.settings = {k: v for k, v in trained.adapter_config.items() if k not in ("method", "hidden_states")}
+        layers = self.settings.get("l_adapter_layers")
+        self.states = len(layers) if layers else wavlm.cfg.encoder_layers + 1
+        # S3PRL's runner loads init_ckpt["Upstream"] into the upstream (Runner._load_weight): the set's tensors
+        self.init_ckpt = os.path.join(expdir, "upstream_init.ckpt")
+        torch_save({"Upstream": trained.upstream_state}, self.init_ckpt)
+
+    def write_settings(self, path: str) -> str:
+        with open(path, "w") as f:
+            yaml.safe_dump(self.settings, f, sort_keys=True)
+        return path
 
 
-def layer_count(backbone: str, settings: dict) -> int:
-    """How many hidden states the upstream hands the Featurizer (-l takes 0 .. count-1)."""
-    from s3prl_adapters.method.backbone import load_wavlm
-    from s3prl_adapters.tools.predict import quiet_library_warnings
+def torch_save(state: dict, path: str) -> None:
+    import torch
 
-    quiet_library_warnings()
-    if settings.get("hidden_states") != "backbone" and settings.get("l_adapter_layers"):
-        return len(settings["l_adapter_layers"])
-    return load_wavlm(backbone).cfg.encoder_layers + 1
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
 
 
-def run_layer(args, upstream: str, g_path: str, layer: int, split: str) -> dict:
+def run_layer(args, upstream: Upstream, g_path: str, layer: int, split: str) -> dict:
     """One `run_downstream.py -m evaluate` pass of `layer` on `split` ('dev' or 'test'), scored; a pass
     already scored is read back."""
     from s3prl_adapters.tasks.query_by_example import score_run
@@ -66,8 +86,10 @@ def run_layer(args, upstream: str, g_path: str, layer: int, split: str) -> dict:
     if os.path.isfile(record):
         with open(record) as f:
             return json.load(f)
-    argv = ["-m", "evaluate", "-t", split, "-u", upstream, "-k", args.backbone, "-g", g_path, "-l", str(layer),
+    argv = ["-m", "evaluate", "-t", split, "-u", upstream.name, "-k", args.backbone, "-g", g_path, "-l", str(layer),
             "-d", "quesst14_dtw", "-c", args.config, "-p", expdir, "--device", args.device]
+    if upstream.init_ckpt:
+        argv += ["-i", upstream.init_ckpt]
     overrides = ",,".join(o for o in [args.override, args.quesst and
                                       f"config.downstream_expert.datarc.dataset_root='{os.path.abspath(args.quesst)}'"] if o)
     if overrides:
@@ -82,12 +104,10 @@ def run_layer(args, upstream: str, g_path: str, layer: int, split: str) -> dict:
 
 
 def sweep(args) -> dict:
-    upstream, settings = upstream_for(args.adapters)
     os.makedirs(args.expdir, exist_ok=True)
-    g_path = os.path.join(args.expdir, "upstream.yaml")
-    with open(g_path, "w") as f:
-        yaml.safe_dump(settings, f, sort_keys=True)
-    count = layer_count(args.backbone, settings)
+    upstream = Upstream(args.backbone, args.adapters, args.expdir)
+    g_path = upstream.write_settings(os.path.join(args.expdir, "upstream.yaml"))
+    count = upstream.states
     layers = args.layers if args.layers is not None else list(range(count))
     bad = [layer for layer in layers if not 0 <= layer < count]
     if bad:
@@ -99,8 +119,9 @@ def sweep(args) -> dict:
     best = max(layers, key=lambda layer: (dev[layer]["mtwv"], -layer))  # ties: the lower layer
     test = run_layer(args, upstream, g_path, best, "test")
     summary = {
-        "upstream": upstream, "backbone": os.path.abspath(args.backbone), "adapters": args.adapters and os.path.abspath(args.adapters),
-        "hidden_states": settings.get("hidden_states", "method"), "config": os.path.abspath(args.config),
+        "upstream": upstream.name, "backbone": os.path.abspath(args.backbone),
+        "adapters": args.adapters and os.path.abspath(args.adapters),
+        "hidden_states": upstream.settings.get("hidden_states", "method"), "config": os.path.abspath(args.config),
         "dev_mtwv": {str(layer): dev[layer]["mtwv"] for layer in layers}, "best_layer": best,
         "test_mtwv": test["mtwv"], "test_atwv": test["atwv"], "test_threshold": test["threshold"],
         "test_expdir": test["expdir"],
