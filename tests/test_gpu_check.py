@@ -21,8 +21,8 @@ def _gpu_check(*args, tmp_path):
 def test_plan_prints_the_steps_and_runs_nothing(tmp_path):
     proc = _gpu_check("--plan", tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for step in ("1. bench: s3prl-adapters bench --device cuda", "2. standins:", "3. fp16_resume:", "4. nccl_ddp:",
-                 "5. ddp_tests:"):
+    for step in ("1. bench: s3prl-adapters bench --device cuda", "2. standins:", "3. qbe:", "4. fp16_resume:",
+                 "5. nccl_ddp:", "6. ddp_tests:"):
         assert step in proc.stdout
     assert not (tmp_path / "out").exists()
 

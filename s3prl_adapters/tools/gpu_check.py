@@ -50,6 +50,8 @@ class GpuCheck:
                           f"--warmup 2 --json (every row: float32, bf16, fp16)", GpuCheck.bench),
             Step("standins", f"make-mini-superb, then run_benchmarks.sh --steps {args.steps} --device cuda --jobs "
                              f"{args.jobs} (7 methods x 4 tasks on the embedded tiny backbone)", GpuCheck.standins),
+            Step("qbe", "make-mini-superb --tasks quesst14_dtw, then s3prl-adapters qbe --device cuda (every layer of the "
+                        "embedded backbone on dev, the best on test: features on the GPU, DTW on the CPU)", GpuCheck.qbe),
             Step("fp16_resume", f"run_downstream.py IC, -g autocast: float16, {args.fp16_steps} steps: uninterrupted vs SIGKILL after "
                                 "the first checkpoint + -e resume (GradScaler state, final tensors)", GpuCheck.fp16_resume),
             Step("nccl_ddp", "torchrun --nproc_per_node <GPUs> run_downstream.py -d emotion --backend nccl --device cuda, "
@@ -111,6 +113,23 @@ class GpuCheck:
         if os.path.exists(os.path.join(out, "results.md")):
             with open(os.path.join(out, "results.md")) as f:
                 result["markdown"] = f.read()
+        return result
+
+    def qbe(self) -> dict:
+        root = self._corpus()
+        if not os.path.isdir(os.path.join(root, "quesst14Database")):
+            subprocess.run([_tool("s3prl-adapters"), "make-mini-superb", root, "--tasks", "quesst14_dtw"], check=True,
+                           stdout=subprocess.DEVNULL)
+        out = os.path.join(self.out, "qbe")
+        shutil.rmtree(out, ignore_errors=True)
+        result = self._call([_tool("s3prl-adapters"), "qbe", "-k", DEFAULT_BACKBONE, "--quesst",
+                             os.path.join(root, "quesst14Database"), "-c",
+                             os.path.join(CONFIG_ROOT, "quesst14_dtw", "mini.yaml"), "--expdir", out, "--device",
+                             self.args.device], os.path.join(self.out, "qbe.log"), timeout=min(300, self._left()))
+        if os.path.exists(os.path.join(out, "qbe.json")):
+            with open(os.path.join(out, "qbe.json")) as f:
+                summary = json.load(f)
+            result.update({k: summary[k] for k in ("dev_mtwv", "best_layer", "test_mtwv", "test_atwv")})
         return result
 
     def fp16_resume(self) -> dict:
@@ -261,6 +280,12 @@ def _markdown(report: dict) -> str:
                   "| task | method | metric | value | train s |", "|---|---|---|---|---|"]
         lines += [f"| {r['task']} | {r['method']} | {r['metric']} | {r['metric_value']:.4g} | {r['train_seconds']} |"
                   for r in runs]
+    qbe = steps.get("qbe", {})
+    if "test_mtwv" in qbe:
+        lines += ["", f"## QbE on the stand-in (`s3prl-adapters qbe`, embedded backbone): best dev layer {qbe['best_layer']}, "
+                      f"test MTWV {qbe['test_mtwv']:.4f} (ATWV {qbe['test_atwv']:.4f}); dev MTWV per layer "
+                      + ", ".join(f"{k}: {v:.4f}" for k, v in qbe["dev_mtwv"].items())
+                      + " (on the CPU, git 5f7b785: 0.7862, 0.6293, 0.5417, 0.4321, 0.4748)"]
     fp16 = steps.get("fp16_resume", {})
     if "bit_identical" in fp16:
         lines += ["", "## fp16 kill + resume", "",
@@ -284,7 +309,7 @@ def main(argv=None) -> None:
     p.add_argument("--bench-steps", type=int, default=5)
     p.add_argument("--fp16-steps", type=int, default=40, help="steps of the fp16 kill + resume runs")
     p.add_argument("--jobs", type=int, default=4, help="stand-in runs at a time (they share the GPU)")
-    p.add_argument("--only", nargs="+", default=["bench", "standins", "fp16_resume", "nccl_ddp", "ddp_tests"])
+    p.add_argument("--only", nargs="+", default=["bench", "standins", "qbe", "fp16_resume", "nccl_ddp", "ddp_tests"])
     p.add_argument("--plan", "--dry-run", dest="plan", action="store_true", help="print the plan and exit 0")
     p.add_argument("--device", default="cuda", help="'cpu' runs the same steps on the CPU (a smoke run of this script)")
     args = p.parse_args(argv)
