@@ -115,7 +115,7 @@ def main():
 
 def markdown(record: dict) -> str:
     b = record["batch"]
-    lines = [f"# Exact evaluation in batches, measured", "",
+    lines = ["# Exact evaluation in batches, measured", "",
              f"`{record['command']}` (git {record['git']}, {record['cpu']}, {record['threads']} thread): for each task "
              f"one `{record['upstream']}` run of {record['steps']} steps on the stand-ins (the embedded 4×256 backbone, "
              f"`mini.yaml`), then its test split evaluated three ways with `run_downstream.py -m evaluate`: every file "

@@ -5,7 +5,6 @@ soon as the step has ended."""
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 import torch

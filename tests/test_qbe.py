@@ -155,6 +155,12 @@ def test_the_layer_sweep_on_the_standin(tmp_path, capsys):
     main(argv)  # every pass scored already: read back, nothing run
     assert {p: p.stat().st_mtime_ns for p in sweep.glob("layer_*/log.txt")} == logs
     assert json.loads((sweep / "qbe.json").read_text()) == summary
+    import shutil
+
+    shutil.copy(DEFAULT_BACKBONE, tmp_path / "other.pt")
+    with pytest.raises(SystemExit):  # the same folder with another backbone would read back the wrong passes
+        main([a if a != DEFAULT_BACKBONE else str(tmp_path / "other.pt") for a in argv])
+    assert f"--expdir {sweep}: holds a sweep with other backbone" in capsys.readouterr().err
 
     members = build_submission(str(tmp_path / "predict.zip"), qbe=str(sweep))
     assert members == [TASK.submission_member]

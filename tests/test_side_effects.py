@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, tool
+from conftest import tool
 
 PROBE = r'''
 import copy, importlib, json, sys, types

@@ -10,7 +10,7 @@ import zipfile
 
 import pytest
 
-from conftest import REPO, tool
+from conftest import tool
 from s3prl_adapters.bridge import compat
 from s3prl_adapters.tasks import PAPER_TASKS, TASKS, corpus_overrides
 from s3prl_adapters.tools.submission import build_submission

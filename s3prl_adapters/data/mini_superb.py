@@ -12,7 +12,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from multiprocessing import Pool
-from typing import List, Tuple
+from typing import Tuple
 
 import numpy as np
 import soundfile as sf

@@ -6,7 +6,7 @@ the recipe reads `<meta_data>/SessionN/{train,test}_meta_data.json` (fold N test
 
 import os
 
-from .base import (Task, class_answers, datarc, labelled_lines, latest_config, read_lines, same_ids,
+from .base import (Task, class_answers, datarc, labelled_lines, latest_config, same_ids,
                    utterance_level_head, utterance_logits)
 
 LABELS = ("neu", "hap", "ang", "sad")

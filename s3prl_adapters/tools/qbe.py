@@ -18,7 +18,7 @@ import argparse
 import json
 import os
 import sys
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import yaml
 
@@ -103,8 +103,27 @@ def run_layer(args, upstream: Upstream, g_path: str, layer: int, split: str) -> 
     return result
 
 
+def _same_settings(args) -> None:
+    """A sweep folder holds one setting's passes: what a rerun reads back must be what it would compute."""
+    identity = {"backbone": os.path.abspath(args.backbone), "adapters": args.adapters and os.path.abspath(args.adapters),
+                "config": os.path.abspath(args.config), "quesst": args.quesst and os.path.abspath(args.quesst),
+                "override": args.override}
+    path = os.path.join(args.expdir, "sweep_settings.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            before = json.load(f)
+        changed = sorted(k for k in identity if before.get(k) != identity[k])
+        if changed:
+            raise UserError(f"--expdir {args.expdir}: holds a sweep with other {', '.join(changed)} "
+                            f"({', '.join(f'{k}={before.get(k)}' for k in changed)}); give another --expdir")
+        return
+    with open(path, "w") as f:
+        json.dump(identity, f, indent=1)
+
+
 def sweep(args) -> dict:
     os.makedirs(args.expdir, exist_ok=True)
+    _same_settings(args)
     upstream = Upstream(args.backbone, args.adapters, args.expdir)
     g_path = upstream.write_settings(os.path.join(args.expdir, "upstream.yaml"))
     count = upstream.states
