@@ -11,11 +11,10 @@ _SUBJECTS = ["the old man", "a young girl", "my brother", "the teacher", "our ne
              "their uncle", "the driver", "a clever student", "the king", "the nurse", "her father"]
 _VERBS = ["walked to", "looked at", "painted", "carried", "opened", "found", "cleaned", "visited", "watched",
           "followed", "closed", "bought", "sold", "fixed", "remembered", "forgot", "lifted", "pushed", "chose", "liked"]
-_OBJECTS = ["the red door", "a wooden box", "the green house", "the big river", "a broken chair", "the small garden",
+OBJECTS = ["the red door", "a wooden box", "the green house", "the big river", "a broken chair", "the small garden",
             "an empty bottle", "the heavy stone", "a yellow kite", "the dark forest", "the new bridge", "a silver coin",
             "the long letter", "a warm blanket", "the old church", "a white horse", "the narrow road", "a blue basket",
             "the high tower", "a round table"]
-OBJECTS = _OBJECTS
 """The noun phrases sentences use (QbE's stand-in queries are taken from them)."""
 _PLACES = ["near the market", "by the sea", "in the village", "under the tree", "behind the school", "at the station",
            "on the hill", "across the field", "inside the barn", "beside the lake", "in the city", "at the harbour"]
@@ -29,7 +28,7 @@ def sentence(rng: np.random.Generator) -> str:
     parts = [str(rng.choice(_SUBJECTS))]
     if rng.random() < 0.4:
         parts.append(str(rng.choice(_ADVERBS)))
-    parts += [str(rng.choice(_VERBS)), str(rng.choice(_OBJECTS))]
+    parts += [str(rng.choice(_VERBS)), str(rng.choice(OBJECTS))]
     if rng.random() < 0.7:
         parts.append(str(rng.choice(_PLACES)))
     if rng.random() < 0.5:

@@ -75,6 +75,12 @@ def torch_save(state: dict, path: str) -> None:
     os.replace(path + ".tmp", path)
 
 
+def write_json(value, path: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
 def run_layer(args, upstream: Upstream, g_path: str, layer: int, split: str) -> dict:
     """One `run_downstream.py -m evaluate` pass of `layer` on `split` ('dev' or 'test'), scored; a pass
     already scored is read back."""
@@ -97,9 +103,7 @@ def run_layer(args, upstream: Upstream, g_path: str, layer: int, split: str) -> 
     os.makedirs(expdir, exist_ok=True)
     usage = run_downstream(argv, os.path.join(expdir, "log.txt"), args.threads)
     result = dict(score_run(expdir, split), layer=layer, expdir=expdir, seconds=round(usage["seconds"], 1))
-    with open(record + ".tmp", "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(record + ".tmp", record)
+    write_json(result, record)
     return result
 
 
@@ -117,8 +121,7 @@ def _same_settings(args) -> None:
             raise UserError(f"--expdir {args.expdir}: holds a sweep with other {', '.join(changed)} "
                             f"({', '.join(f'{k}={before.get(k)}' for k in changed)}); give another --expdir")
         return
-    with open(path, "w") as f:
-        json.dump(identity, f, indent=1)
+    write_json(identity, path)
 
 
 def sweep(args) -> dict:
@@ -146,9 +149,7 @@ def sweep(args) -> dict:
         "test_expdir": test["expdir"],
     }
     path = os.path.join(args.expdir, "qbe.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(path + ".tmp", path)
+    write_json(summary, path)
     print(f"best layer on dev: {best} (MTWV {dev[best]['mtwv']:.4f}); test MTWV {test['mtwv']:.4f}, ATWV "
           f"{test['atwv']:.4f}; submission member: {os.path.join(test['expdir'], 'benchmark.stdlist.xml')} "
           f"(s3prl-adapters submit --qbe {args.expdir}); summary: {path}")

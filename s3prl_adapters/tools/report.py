@@ -244,7 +244,7 @@ def write_submissions(out: str, results: List[dict], qbe: dict = None) -> List[s
 
     written = []
     for method in sorted({r["method"] for r in results}):
-        experiments = {TASKS[qbe["task"]].key: os.path.dirname(qbe["test_expdir"])} if qbe else {}
+        experiments = {TASKS[qbe["task"]].key: qbe["test_expdir"]} if qbe else {}
         for r in results:
             if r["method"] == method and r["seed"] == min(x["seed"] for x in results):
                 task = TASKS[r["task"]]
